@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,14 @@ with contextlib.suppress(ImportError):
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE_DIR = ROOT / "tests" / "data" / "sample"
 SHARED_DATA = Path(os.environ.get("ENDOEDGE_SHARED_DATA", ROOT.parent / "shared" / "data" / "endoscopy"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_bundle_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Extract ``.tar`` bundles opened by tests (and their daemons) into the session's temporary folder."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("ENDOEDGE_BUNDLE_CACHE", str(tmp_path_factory.mktemp("bundle-cache") / "cache"))
+        yield
 
 
 @pytest.fixture(scope="session")

@@ -550,3 +550,89 @@ def test_the_processor_freeze_counts_as_a_photo_of_the_site(tmp_path, tiny_bundl
     photos = report["tasks"]["coverage"]["photos"]
     assert [p["via"] for p in photos] == ["freeze"]  # exactly one, during the held image
     assert 60 / 30 - 0.5 <= photos[0]["exam_s"] <= 105 / 30 + 0.5
+
+
+def test_an_exam_whose_end_was_recorded_is_reported_not_resumed_after_a_crash(tmp_path, tiny_bundle, clip):
+    """The state a SIGKILL leaves between POST /exam/end and the report: the end record and a checkpoint."""
+    from endoedge.edge.report import CheckpointStore
+
+    store = CheckpointStore(tmp_path / "state")
+    summary = {"exam_id": "E1", "running": False, "elapsed_s": 42.0, "end_reason": "api", "tasks": {}}
+    store.save_ended(summary)
+    store.save({"clock": {"exam_id": "E1", "running": True, "elapsed_s": 41.0}, "tasks": {}})
+    config = make_config(tmp_path, clip, tiny_bundle, status={"enabled": False})
+    daemon = Daemon(config, sink=null_sink())
+    assert daemon.run() == 0
+    reports = [json.loads((folder / "report.json").read_text()) for folder in daemon.reports_written]
+    recovered = [r for r in reports if r["exam"]["id"] == "E1"]
+    assert len(recovered) == 1, [r["exam"] for r in reports]
+    exam = recovered[0]["exam"]
+    assert exam["end_reason"] == "api" and exam["duration_s"] == 42.0 and exam["recovered"] and "ended" in exam["note"]
+    others = [r for r in reports if r["exam"]["id"] != "E1"]
+    assert others and all("resumed" not in r["exam"]["start_reason"] for r in others)  # E1 was not continued
+    assert store.ended() == [] and store.load() is None
+
+
+def test_ending_an_exam_over_http_records_the_end_before_answering(tmp_path, tiny_bundle, clip):
+    from endoedge.edge.report import CheckpointStore
+
+    config = make_config(tmp_path, clip, tiny_bundle, status={"enabled": False}, source={"loop": True})
+    daemon = Daemon(config, sink=null_sink())
+    store = CheckpointStore(tmp_path / "state")
+    seen: dict[str, object] = {}
+    write_report = daemon._write_report
+
+    def report_after_looking(event, recovered=False, note=""):
+        # What a crash at this moment would leave: the end on disk, the running checkpoint gone.
+        seen["ended"] = [r["summary"]["exam_id"] for _, r in store.ended()]
+        seen["checkpoint"] = store.load()
+        return write_report(event, recovered, note)
+
+    daemon._write_report = report_after_looking
+    thread = threading.Thread(target=daemon.run)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not daemon.session.clock.running and time.monotonic() < deadline:
+            time.sleep(0.05)
+        exam_id = daemon.session.clock.exam_id
+        code, body = daemon.exam_action("end")
+        assert code == 200 and body["ok"]
+        assert [r["summary"]["exam_id"] for _, r in store.ended()] == [exam_id]  # durable at the 200
+        deadline = time.monotonic() + 10
+        while not daemon.reports_written and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        daemon.request_stop("test")
+        thread.join(30)
+    assert seen["ended"] == [exam_id] and seen["checkpoint"] is None
+    assert store.ended() == []
+
+
+def test_inference_threads_and_their_pools_run_below_the_display_loop(tmp_path, tiny_bundle, clip):
+    import os
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("per-thread nice values are a Linux feature")
+    seen: dict[str, int] = {}
+
+    def behaviour(_call: int) -> None:
+        seen["worker"] = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+        def child() -> None:  # what a runtime's thread pool, created by this thread, gets
+            seen["pool"] = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+        pool_thread = threading.Thread(target=child)
+        pool_thread.start()
+        pool_thread.join()
+
+    main_nice = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    config = make_config(tmp_path, clip, tiny_bundle, status={"enabled": False}, run={"inference_nice": 3})
+    created: list = []
+    switch_before = sys.getswitchinterval()
+    daemon = Daemon(config, sink=null_sink(), backend_factory=wrapping_factory(behaviour, created))
+    assert daemon.run() == 0
+    assert seen["worker"] == seen["pool"] == min(19, main_nice + 3)
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == main_nice  # the display thread kept it
+    assert sys.getswitchinterval() == switch_before  # restored after the run

@@ -86,3 +86,35 @@ def test_checkpoint_store_round_trip_and_corrupt_file(tmp_path):
     store.clear()
     store.clear()
     assert not store.path.exists()
+
+
+def test_checkpoint_clear_for_an_exam_keeps_a_newer_exams_checkpoint(tmp_path):
+    store = CheckpointStore(tmp_path)
+    store.save({"clock": {"exam_id": "new"}, "tasks": {}})
+    store.clear("old")
+    assert store.load()["clock"]["exam_id"] == "new"
+    store.clear("new")
+    assert store.load() is None
+
+
+def test_ended_exam_records_survive_until_their_report(tmp_path):
+    store = CheckpointStore(tmp_path)
+    assert store.ended() == []
+    first = store.save_ended({"exam_id": "2026-11-22T08:00:00Z/1", "end_reason": "api", "running": False})
+    store.save_ended({"exam_id": "second", "end_reason": "no signal", "running": False})
+    assert "/" not in first.name and first.parent == tmp_path  # an id never makes a path
+    records = store.ended()
+    assert [r["summary"]["exam_id"] for _, r in records] == ["2026-11-22T08:00:00Z/1", "second"]
+    assert records[0][1]["summary"]["end_reason"] == "api" and records[0][1]["saved_wall"] > 0
+    store.clear_ended("2026-11-22T08:00:00Z/1")
+    assert [r["summary"]["exam_id"] for _, r in store.ended()] == ["second"]
+
+
+def test_an_unreadable_ended_record_is_set_aside_with_stale_temporaries_removed(tmp_path):
+    store = CheckpointStore(tmp_path)
+    torn = store.ended_path("x")
+    torn.write_text('{"summary": ')
+    stale = tmp_path / f".{store.ended_path('y').name}.123.tmp"
+    stale.write_text("{")
+    assert store.ended() == []
+    assert torn.with_suffix(".corrupt").exists() and not torn.exists() and not stale.exists()

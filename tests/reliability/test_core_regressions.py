@@ -148,6 +148,7 @@ def test_refused_archives_leave_no_temporary_folder(tmp_path: Path, monkeypatch:
     private = tmp_path / "tmp"
     private.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(private))
+    monkeypatch.delenv("ENDOEDGE_BUNDLE_CACHE", raising=False)
     data = _tar_gz_of_bundle(tmp_path)
     if mode == "truncated-gz":  # was an EOFError escaping
         data = data[: len(data) // 2]
@@ -174,16 +175,11 @@ def test_good_archive_still_opens(tmp_path: Path) -> None:
     assert bundle.manifest.name == "m" and (bundle.path / "manifest.json").is_file()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="defect: open_bundle extracts a .tar bundle to a new temporary folder on every call and never "
-    "removes it; the daemon reopens the bundle on every backend restart, so /tmp grows by one bundle per "
-    "restart. Needs an extraction cache keyed by the archive checksum, owned by the user (core/bundle.py).",
-)
 def test_reopening_an_archive_does_not_extract_it_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     private = tmp_path / "tmp"
     private.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(private))
+    monkeypatch.delenv("ENDOEDGE_BUNDLE_CACHE", raising=False)
     archive = tmp_path / "b.tar.gz"
     archive.write_bytes(_tar_gz_of_bundle(tmp_path))
     for _ in range(5):  # five backend restarts

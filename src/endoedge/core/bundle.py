@@ -7,16 +7,19 @@ path, the expected and the actual checksum. Nothing in a bundle is ever unpickle
 
 from __future__ import annotations
 
+import contextlib
 import lzma
+import os
 import shutil
+import stat
 import tarfile
 import tempfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from endoedge.core.errors import BundleError, ChecksumError
-from endoedge.core.fileio import sha256_tree
+from endoedge.core.errors import BundleError, ChecksumError, ManifestError
+from endoedge.core.fileio import sha256_file, sha256_tree
 from endoedge.core.manifest import MANIFEST_NAME, Artifact, ModelManifest
 
 
@@ -39,7 +42,7 @@ class Bundle:
     """An opened bundle.
 
     Attributes:
-        path: The bundle folder (for a ``.tar``, the folder it was safely extracted to).
+        path: The bundle folder (for a ``.tar``, its extraction in :func:`archive_cache_dir`).
         manifest: The validated manifest.
     """
 
@@ -116,28 +119,111 @@ def open_bundle(path: str | Path, verify: bool = True, formats: list[str] | None
     root = Path(path).resolve() if Path(path).exists() else Path(path)
     if root.is_file() and root.name == MANIFEST_NAME:
         root = root.parent
-    extracted: Path | None = None
     if root.is_file() and (root.suffix == ".tar" or root.name.endswith((".tar.gz", ".tgz"))):
-        extracted = _extract(root)
-        root = _bundle_root(extracted)
-    try:
-        if not root.exists():
-            raise BundleError("no such bundle (expected a folder with manifest.json or a .tar)", root)
-        if not (root / MANIFEST_NAME).is_file():
-            raise BundleError(f"not a bundle: no {MANIFEST_NAME} inside", root)
-        bundle = Bundle(path=root, manifest=ModelManifest.load(root / MANIFEST_NAME))
-        if verify:
-            bundle.verify(formats)
-    except BaseException:
-        if extracted is not None:  # a refused archive leaves nothing behind
-            shutil.rmtree(extracted, ignore_errors=True)
-        raise
+        return _open_archive(root, verify, formats)
+    return _open_folder(root, verify, formats)
+
+
+def _open_folder(root: Path, verify: bool, formats: list[str] | None) -> Bundle:
+    if not root.exists():
+        raise BundleError("no such bundle (expected a folder with manifest.json or a .tar)", root)
+    if not (root / MANIFEST_NAME).is_file():
+        raise BundleError(f"not a bundle: no {MANIFEST_NAME} inside", root)
+    bundle = Bundle(path=root, manifest=ModelManifest.load(root / MANIFEST_NAME))
+    if verify:
+        bundle.verify(formats)
     return bundle
 
 
-def _extract(archive: Path) -> Path:
-    """Extract a bundle archive to a temporary folder, refusing links and paths that leave it."""
-    target = Path(tempfile.mkdtemp(prefix="endoedge-bundle-"))
+# How many extracted archives the cache keeps (least recently opened go first): the running bundle, the
+# one being switched to and a rollback target fit.
+ARCHIVE_CACHE_ENTRIES = 3
+
+
+def archive_cache_dir() -> Path:
+    """The private folder where ``.tar`` bundles are extracted once, keyed by the archive's sha256.
+
+    ``$ENDOEDGE_BUNDLE_CACHE`` when set, else ``<tmp>/endoedge-bundles-<uid>``. It must belong to the
+    current user and be closed to others (0700): a folder another user could write to would let them
+    swap the files between verification and loading.
+    """
+    configured = os.environ.get("ENDOEDGE_BUNDLE_CACHE")
+    uid = os.getuid() if hasattr(os, "getuid") else 0
+    return Path(configured) if configured else Path(tempfile.gettempdir()) / f"endoedge-bundles-{uid}"
+
+
+def _private_cache_dir() -> Path:
+    cache = archive_cache_dir()
+    try:
+        cache.mkdir(mode=0o700, parents=True, exist_ok=True)
+        info = os.lstat(cache)
+    except OSError as exc:
+        raise BundleError(f"cannot create the bundle extraction cache: {exc.strerror or exc}", cache) from None
+    if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode):
+        raise BundleError("bundle extraction cache is not a plain folder; remove it", cache)
+    if hasattr(os, "getuid") and (info.st_uid != os.getuid() or info.st_mode & 0o077):
+        raise BundleError(
+            f"bundle extraction cache must belong to uid {os.getuid()} with mode 0700 "
+            f"(found uid {info.st_uid}, mode {stat.S_IMODE(info.st_mode):o}); remove it",
+            cache,
+        )
+    return cache
+
+
+def _open_archive(archive: Path, verify: bool, formats: list[str] | None) -> Bundle:
+    """Open an archive through the extraction cache: extracted once per content, re-extracted if tampered."""
+    try:
+        key = sha256_file(archive)
+    except OSError as exc:
+        raise BundleError(f"cannot read bundle archive: {exc.strerror or exc}", archive) from None
+    cache = _private_cache_dir()
+    entry = cache / key
+    for attempt in range(2):
+        fresh = not entry.is_dir()
+        if fresh:
+            _extract_into_cache(archive, entry)
+        try:
+            bundle = _open_folder(_bundle_root(entry), verify, formats)
+        except (ChecksumError, BundleError, ManifestError):
+            # A cached copy that no longer verifies was changed after extraction: extract it again once.
+            # A freshly extracted archive that fails is refused and leaves nothing behind.
+            shutil.rmtree(entry, ignore_errors=True)
+            if fresh or attempt == 1:
+                _remove_if_empty(cache)
+                raise
+            continue
+        os.utime(entry)  # most recently used, for eviction
+        _evict(cache, keep=entry)
+        return bundle
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _extract_into_cache(archive: Path, entry: Path) -> None:
+    staging = _extract(archive, entry.parent)
+    try:
+        os.rename(staging, entry)
+    except OSError:
+        # Another process extracted the same archive first: use theirs.
+        shutil.rmtree(staging, ignore_errors=True)
+        if not entry.is_dir():
+            raise BundleError("cannot move the extracted bundle into the cache", entry) from None
+
+
+def _evict(cache: Path, keep: Path) -> None:
+    entries = [p for p in cache.iterdir() if p.is_dir() and p != keep and not p.name.startswith(".")]
+    entries.sort(key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in entries[ARCHIVE_CACHE_ENTRIES - 1 :]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _remove_if_empty(folder: Path) -> None:
+    with contextlib.suppress(OSError):  # not empty, or already gone
+        folder.rmdir()
+
+
+def _extract(archive: Path, parent: Path) -> Path:
+    """Extract a bundle archive to a new folder in ``parent``, refusing links and paths that leave it."""
+    target = Path(tempfile.mkdtemp(prefix=".extracting-", dir=parent))
     try:
         with tarfile.open(archive) as tar:
             for member in tar.getmembers():
@@ -151,6 +237,7 @@ def _extract(archive: Path) -> Path:
     except BaseException as exc:
         # Nothing of a refused archive stays behind in the temporary folder.
         shutil.rmtree(target, ignore_errors=True)
+        _remove_if_empty(parent)
         # A corrupt compressed stream raises EOFError, zlib.error or lzma.LZMAError, not TarError.
         if isinstance(exc, tarfile.TarError | OSError | EOFError | zlib.error | lzma.LZMAError):
             raise BundleError(f"cannot read bundle archive: {exc}", archive) from None

@@ -200,11 +200,25 @@ class LoggingConfig(_Strict):
 
 
 class RunConfig(_Strict):
-    """Limits for tests, demos and benchmarks."""
+    """Limits for tests, demos and benchmarks, and how the daemon shares the CPU."""
 
     max_frames: int | None = Field(default=None, ge=1)
     duration_s: float | None = Field(default=None, gt=0)
     watchdog: bool = Field(default=True, description="send WATCHDOG=1 when systemd asks for it")
+    inference_nice: int = Field(
+        default=5,
+        ge=0,
+        le=19,
+        description="nice increment of the inference threads (and the runtime pools they create) so the "
+        "display path gets the CPU first; 0 = same priority",
+    )
+    gil_switch_ms: float = Field(
+        default=1.0,
+        gt=0,
+        le=100,
+        description="Python's thread switch interval while the daemon runs (default Python: 5 ms, which "
+        "lets a busy worker hold the display loop for up to 5 ms)",
+    )
 
 
 class DaemonConfig(_Strict):

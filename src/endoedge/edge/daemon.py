@@ -30,6 +30,7 @@ import math
 import os
 import queue
 import signal
+import sys
 import threading
 import time
 from collections import deque
@@ -133,6 +134,27 @@ class RateMeter:
             return 0.0
         span = times[-1] - times[0]
         return (len(times) - 1) / span if span > 0 else 0.0
+
+
+def lower_thread_priority(increment: int) -> bool:
+    """Raise the calling thread's nice value by ``increment`` (Linux, where nice is per thread).
+
+    Threads the caller creates afterwards inherit the value, which is how an inference runtime's own
+    thread pool ends up below the display loop too.
+
+    Returns:
+        Whether the priority was changed (False for 0, off Linux, or when the system refuses).
+    """
+    if increment <= 0 or not sys.platform.startswith("linux"):
+        return False
+    tid = threading.get_native_id()
+    try:
+        current = os.getpriority(os.PRIO_PROCESS, tid)
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, current + increment))
+    except OSError as exc:
+        log_event(logging.WARNING, "inference priority not lowered", reason=one_line(exc))
+        return False
+    return True
 
 
 class Mailbox:
@@ -246,8 +268,10 @@ class TaskWorker:
         field: FieldHolder,
         events: queue.SimpleQueue[ExamEvent],
         keep_frame: Callable[[str, str, np.ndarray], None] | None = None,
+        nice: int = 0,
     ) -> None:
         self.config = config
+        self.nice = nice
         self.name = config.name
         self.models = models
         self.session = session
@@ -440,6 +464,8 @@ class TaskWorker:
         return generation == self.generation and not self.stop_event.is_set()
 
     def _run(self, generation: int, after_backoff: bool = False) -> None:
+        # Before the backend is loaded: the runtime's thread pools, created while loading, inherit it.
+        lower_thread_priority(self.nice)
         detector = FieldDetector()
         loaded: _Loaded | None = None
         if after_backoff:
@@ -601,7 +627,11 @@ class Daemon:
             )
             models = {role: config.model(name) for role, name in roles.items()}
             keeper = self._keep_frame if config.report.include_frames else None
-            self.workers.append(TaskWorker(task, models, self.session, self.factory, self.field, self.events, keeper))
+            self.workers.append(
+                TaskWorker(
+                    task, models, self.session, self.factory, self.field, self.events, keeper, config.run.inference_nice
+                )
+            )
         self.checkpoints = CheckpointStore(config.state.dir) if config.state.dir else None
         self.exam_frames: list[tuple[str, str, np.ndarray]] = []
         self._frames_lock = threading.Lock()
@@ -625,6 +655,7 @@ class Daemon:
         self.reports_total = 0
         self.report_errors = 0
         self.checkpoint_errors = 0
+        self._checkpoint_lock = threading.Lock()
         self.signal = False
         self.started = time.monotonic()
         self.heartbeat = time.monotonic()
@@ -698,6 +729,9 @@ class Daemon:
             return code, {"ok": bool(events), "exam_id": self.session.clock.exam_id, "running": True}
         if action == "end":
             events = self.session.end(now, wall, "api")
+            for event in events:
+                # Durable before the caller hears 200 (this is the HTTP thread, not the display path).
+                self._make_end_durable(event)
             self._queue(events)
             return (200 if events else 409), {"ok": bool(events), "exam_id": self.session.clock.exam_id or None}
         if action == "photo":
@@ -916,11 +950,16 @@ class Daemon:
             EndoedgeError: The source or sink cannot be opened at start (user error).
         """
         installed = self._install_signals()
+        # A thread holding the GIL keeps the display loop waiting up to the switch interval (5 ms by
+        # default): shorter, so the video's delay tail does not carry it.
+        switch_interval = sys.getswitchinterval()
+        sys.setswitchinterval(self.config.run.gil_switch_ms / 1000.0)
         try:
             self._startup()
             self._loop()
         finally:
             self._shutdown()
+            sys.setswitchinterval(switch_interval)
             for signum, handler in installed:
                 signal.signal(signum, handler)
         return 0
@@ -973,11 +1012,25 @@ class Daemon:
     def _resume_checkpoint(self) -> None:
         if self.checkpoints is None:
             return
+        # Exams that had ended but whose report was not written before the crash: report them as ended,
+        # with their own end time and reason, and never resume them.
+        ended_ids = set()
+        for _, record in self.checkpoints.ended():
+            summary = dict(record["summary"])
+            ended_id = str(summary.get("exam_id"))
+            ended_ids.add(ended_id)
+            log_event(logging.WARNING, "report of an ended exam written after restart", exam=ended_id)
+            event = ExamEvent("ended", ended_id, str(summary.get("end_reason", "")), summary)
+            note = "the exam had ended; the daemon stopped before its report was written"
+            self._write_report(event, recovered=True, note=note)
         data = self.checkpoints.load()
         if data is None:
             return
         age = time.time() - float(data.get("saved_wall", 0.0))
         exam_id = data.get("clock", {}).get("exam_id")
+        if str(exam_id) in ended_ids:
+            self.checkpoints.clear()
+            return
         if age <= self.config.state.resume_within_s:
             try:
                 self.session.resume(data, time.monotonic())
@@ -1136,17 +1189,32 @@ class Daemon:
 
     def _checkpoint(self, now: float) -> None:
         assert self.checkpoints is not None
-        data = self.session.checkpoint(now)
-        if data is None:
+        # Under the lock, so a running-exam checkpoint taken just before an end cannot land after the
+        # end was made durable (it would resume the ended exam after a crash).
+        with self._checkpoint_lock:
+            data = self.session.checkpoint(now)
+            if data is None:
+                return
+            try:
+                self.checkpoints.save(data)
+            except OSError as exc:
+                self._checkpoint_failed(self.checkpoints.path, exc)
+
+    def _make_end_durable(self, event: ExamEvent) -> None:
+        """Record an exam's end on disk at once (its report follows from the supervisor)."""
+        if self.checkpoints is None or event.kind != "ended" or not event.summary:
             return
-        try:
-            self.checkpoints.save(data)
-        except OSError as exc:
-            self.checkpoint_errors += 1
-            if self.checkpoint_errors <= 3 or self.checkpoint_errors % 100 == 0:
-                log_event(
-                    logging.ERROR, "checkpoint not written", path=str(self.checkpoints.path), reason=one_line(exc)
-                )
+        with self._checkpoint_lock:
+            try:
+                self.checkpoints.save_ended(event.summary)
+                self.checkpoints.clear(event.exam_id)
+            except OSError as exc:
+                self._checkpoint_failed(self.checkpoints.ended_path(event.exam_id), exc)
+
+    def _checkpoint_failed(self, path: Path, exc: OSError) -> None:
+        self.checkpoint_errors += 1
+        if self.checkpoint_errors <= 3 or self.checkpoint_errors % 100 == 0:
+            log_event(logging.ERROR, "checkpoint not written", path=str(path), reason=one_line(exc))
 
     def _drain_events(self) -> None:
         while True:
@@ -1160,9 +1228,10 @@ class Daemon:
                     self._checkpoint(time.monotonic())
             elif event.kind == "ended":
                 log_event(logging.INFO, "exam ended", exam=event.exam_id, reason=event.reason)
+                self._make_end_durable(event)
                 self._write_report(event)
 
-    def _write_report(self, event: ExamEvent, recovered: bool = False) -> Path | None:
+    def _write_report(self, event: ExamEvent, recovered: bool = False, note: str = "") -> Path | None:
         stats = self.stats()
         run = {
             "fps_in": stats["fps_in"],
@@ -1177,7 +1246,7 @@ class Daemon:
             },
         }
         models = [m for w in self.workers for m in w.describe_models()]
-        report = build_report(event.summary, models, run, recovered=recovered)
+        report = build_report(event.summary, models, run, recovered=recovered, note=note)
         try:
             frames = self._take_frames(event.exam_id) if self.config.report.include_frames else []
             path = write_report(self.config.report.dir, report, png=self.config.report.png, frames=frames)
@@ -1194,9 +1263,10 @@ class Daemon:
         self.reports_written.append(path)
         self.reports_total += 1
         log_event(logging.INFO, "report written", exam=event.exam_id, path=str(path))
-        if self.checkpoints is not None and not self.session.clock.running:
+        if self.checkpoints is not None:
             with contextlib.suppress(OSError):
-                self.checkpoints.clear()
+                self.checkpoints.clear_ended(event.exam_id)
+                self.checkpoints.clear(event.exam_id)
         return path
 
     # -- shutdown ---------------------------------------------------------------------------------

@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 REPORT_SCHEMA = 1
 CHECKPOINT_NAME = "exam-checkpoint.json"
+ENDED_PREFIX = "exam-ended-"
 
 
 def iso(wall: float | None) -> str | None:
@@ -228,7 +229,67 @@ class CheckpointStore:
                 self.path.replace(corrupt)
             return None
 
-    def clear(self) -> None:
-        """Remove the checkpoint (after the exam's report is on disk)."""
+    def clear(self, exam_id: str | None = None) -> None:
+        """Remove the checkpoint (after the exam's report is on disk, or once its end is durable).
+
+        Args:
+            exam_id: Only remove it when it is this exam's (a newer exam's checkpoint stays).
+        """
+        if exam_id is not None:
+            data = self._read(self.path)
+            if data is not None and data.get("clock", {}).get("exam_id") != exam_id:
+                return
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
+
+    # -- ended exams whose report is not written yet ------------------------------------------------
+    # An exam's end is made durable at once, in its own file, before the report is written: a crash in
+    # between must neither resume the exam nor lose its end time and reason, and a new exam started
+    # right away must not overwrite it.
+    def ended_path(self, exam_id: str) -> Path:
+        """The file holding the summary of an ended exam until its report is on disk."""
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in exam_id)[:80] or "exam"
+        return self.directory / f"{ENDED_PREFIX}{safe}.json"
+
+    def save_ended(self, summary: dict[str, Any]) -> Path:
+        """Record an ended exam's summary atomically (adds the wall time).
+
+        Raises:
+            OSError: Disk full or not writable.
+        """
+        path = self.ended_path(str(summary.get("exam_id") or "exam"))
+        atomic_write_json(path, {"summary": summary, "saved_wall": time.time(), "endoedge_version": __version__})
+        return path
+
+    def ended(self) -> list[tuple[Path, dict[str, Any]]]:
+        """Ended exams still waiting for their report, oldest first; unreadable ones are set aside."""
+        if not self.directory.is_dir():
+            return []
+        for stale in self.directory.glob(f".{ENDED_PREFIX}*"):  # a writer killed mid-write
+            if stale.name.endswith((".tmp", ".partial")):
+                with contextlib.suppress(OSError):
+                    stale.unlink()
+        found = []
+        for path in sorted(self.directory.glob(f"{ENDED_PREFIX}*.json")):
+            data = self._read(path)
+            if data is None or not isinstance(data.get("summary"), dict):
+                log.error("ended-exam record unreadable, set aside path=%s", path.with_suffix(".corrupt"))
+                with contextlib.suppress(OSError):
+                    path.replace(path.with_suffix(".corrupt"))
+                continue
+            found.append((path, data))
+        found.sort(key=lambda item: float(item[1].get("saved_wall", 0.0) or 0.0))
+        return found
+
+    def clear_ended(self, exam_id: str) -> None:
+        """Remove an ended exam's record (its report is on disk)."""
+        with contextlib.suppress(FileNotFoundError):
+            self.ended_path(exam_id).unlink()
+
+    @staticmethod
+    def _read(path: Path) -> dict[str, Any] | None:
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError, UnicodeDecodeError):
+            return None
+        return data if isinstance(data, dict) else None
