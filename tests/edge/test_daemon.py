@@ -636,3 +636,41 @@ def test_inference_threads_and_their_pools_run_below_the_display_loop(tmp_path, 
     assert seen["worker"] == seen["pool"] == min(19, main_nice + 3)
     assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == main_nice  # the display thread kept it
     assert sys.getswitchinterval() == switch_before  # restored after the run
+
+
+def test_pixels_are_prepared_ahead_by_the_preparer_and_match_the_manifest(tmp_path, tiny_bundle, clip, monkeypatch):
+    """A model slower than a frame runs back to back: its pixels are prepared in another thread, and they
+    are exactly what the manifest's preprocessing makes of the frame."""
+    import endoedge.edge.daemon as daemon_module
+    from endoedge.core.preprocess import prepare_pixels
+
+    threads: list[str] = []
+    real_prepare = daemon_module.prepare_pixels
+
+    def recording_prepare(image, spec, roi):
+        threads.append(threading.current_thread().name)
+        return real_prepare(image, spec, roi)
+
+    monkeypatch.setattr(daemon_module, "prepare_pixels", recording_prepare)
+    received: list[tuple[np.ndarray, object, np.ndarray]] = []
+    real_process = daemon_module.TaskWorker._process
+
+    def remembering_process(self, item, loaded, detector, generation):
+        if item.pixels is not None:
+            received.append((item.frame.image, item.roi, item.pixels))
+        return real_process(self, item, loaded, detector, generation)
+
+    monkeypatch.setattr(daemon_module.TaskWorker, "_process", remembering_process)
+    config = make_config(tmp_path, clip, tiny_bundle, status={"enabled": False})
+    created: list = []
+    daemon = Daemon(config, sink=null_sink(), backend_factory=wrapping_factory(lambda n: 0.05, created))
+    assert daemon.run() == 0
+    stats = daemon.stats()["workers"]["coverage"]
+    assert stats["inferences"] > 5 and received
+    # Frames taken before the model had loaded are prepared by the inference thread; from then on, never.
+    first = next(i for i, name in enumerate(threads) if name.startswith("prepare-"))
+    assert first <= 2 and all(name.startswith("prepare-") for name in threads[first:]), threads
+    spec = created[0].manifest.preprocess
+    image, roi, pixels = received[-1]
+    assert roi is not None
+    np.testing.assert_array_equal(pixels, prepare_pixels(image, spec, roi))

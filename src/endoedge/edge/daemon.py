@@ -7,13 +7,17 @@ Threads:
   the frame to the sink. It never waits for inference. When the source has no signal it shows a
   "no signal" screen at the nominal frame rate. It pings the systemd watchdog, so a stalled loop is
   caught.
-* **Inference workers** (one per task): take the newest frame from the mailbox (frames overwritten
-  before they were taken are counted as skipped), prepare pixels from the bundle's manifest, run the
-  task's models (a cascade may skip one), and fold the probabilities into the task through the
-  :class:`~endoedge.edge.tasks.ExamSession`, stamped with the frame's capture time. A backend that
-  raises or returns garbage is closed and reloaded with exponential backoff; one that hangs past its
-  budget is abandoned (its late result is discarded) and a fresh one is loaded. A refused bundle
-  (checksum, wrong task) keeps the video in passthrough with an "AI off" banner and is retried.
+* **Preparers** (one per task): take the newest frame from the task's mailbox, find the endoscopic
+  field and prepare the first model's pixels from the bundle's manifest, while the model is still busy
+  with the previous frame: a model slower than one frame then runs back to back, its throughput not
+  cut by the preprocessing of 1080p frames.
+* **Inference workers** (one per task): take the newest prepared frame (frames overwritten before they
+  were taken, at either stage, are counted as skipped), run the task's models (a cascade may skip
+  one), and fold the probabilities into the task through the :class:`~endoedge.edge.tasks.ExamSession`,
+  stamped with the frame's capture time. A backend that raises or returns garbage is closed and
+  reloaded with exponential backoff; one that hangs past its budget is abandoned (its late result is
+  discarded) and a fresh one is loaded. A refused bundle (checksum, wrong task) keeps the video in
+  passthrough with an "AI off" banner and is retried.
 * **Supervisor**: writes exam checkpoints atomically every few seconds, procedure reports when exams
   end, systemd ``STATUS=`` lines and periodic log lines — the display loop never touches the disk.
 * **Status server** (optional): ``/healthz``, ``/status``, ``/metrics``, ``POST /exam/...``.
@@ -37,7 +41,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 import numpy as np
 
@@ -45,7 +49,7 @@ from endoedge.core.bundle import open_bundle
 from endoedge.core.errors import BundleError, EndoedgeError, ManifestError, one_line
 from endoedge.core.fileio import sha256_file
 from endoedge.core.manifest import ModelManifest
-from endoedge.core.preprocess import FieldDetector, FieldROI, full_frame_roi, prepare_pixels
+from endoedge.core.preprocess import FieldDetector, FieldROI, PreprocessSpec, full_frame_roi, prepare_pixels
 from endoedge.edge.config import CoverageTaskConfig, DaemonConfig, HemorrhoidTaskConfig, ModelConfig
 from endoedge.edge.coverage import ExamClock
 from endoedge.edge.report import CheckpointStore, build_report, write_report
@@ -55,6 +59,7 @@ from endoedge.edge.tasks import CoverageTask, ExamEvent, ExamSession, Task, buil
 from endoedge.edge.types import Backend, Frame, OverlayState, Sink, Source
 
 log = logging.getLogger("endoedge.daemon")
+T = TypeVar("T")
 _LOG_RESERVED = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 
 
@@ -157,15 +162,15 @@ def lower_thread_priority(increment: int) -> bool:
     return True
 
 
-class Mailbox:
-    """A single-slot mailbox: the producer overwrites, the consumer always takes the newest frame."""
+class Mailbox(Generic[T]):
+    """A single-slot mailbox: the producer overwrites, the consumer always takes the newest item."""
 
     def __init__(self) -> None:
-        self._frame: Frame | None = None
+        self._frame: T | None = None
         self._cond = threading.Condition()
         self.overwritten = 0
 
-    def put(self, frame: Frame) -> None:
+    def put(self, frame: T) -> None:
         """Leave ``frame`` for the consumer (an untaken older frame is dropped and counted)."""
         with self._cond:
             if self._frame is not None:
@@ -178,8 +183,8 @@ class Mailbox:
         with self._cond:
             self._cond.notify_all()
 
-    def take(self, timeout: float) -> Frame | None:
-        """The newest frame, waiting up to ``timeout`` seconds; ``None`` when none came."""
+    def take(self, timeout: float) -> T | None:
+        """The newest item, waiting up to ``timeout`` seconds; ``None`` when none came."""
         with self._cond:
             if self._frame is None:
                 self._cond.wait(timeout)
@@ -246,6 +251,17 @@ class _Loaded:
     manifests: dict[str, ModelManifest]
 
 
+@dataclass(frozen=True)
+class _Prepared:
+    """A frame with its endoscopic field and, when the model's preprocessing was known, its pixels."""
+
+    frame: Frame
+    roi: FieldROI | None
+    spec: PreprocessSpec | None
+    pixels: np.ndarray | None
+    seconds: float
+
+
 class TaskWorker:
     """Runs one task's models on the newest frame, restarting them when they fail.
 
@@ -279,7 +295,11 @@ class TaskWorker:
         self.field = field
         self.events = events
         self.keep_frame = keep_frame
-        self.mailbox = Mailbox()
+        self.mailbox: Mailbox[Frame] = Mailbox()
+        self.prepared: Mailbox[_Prepared] = Mailbox()
+        # The preprocessing of the first model, published by the loading thread for the preparer.
+        self._prepare_spec: PreprocessSpec | None = None
+        self._preparer: threading.Thread | None = None
         self.task: Task | None = None
         self.state = "warming"
         self.reason = ""
@@ -309,11 +329,13 @@ class TaskWorker:
     # -- control ------------------------------------------------------------------------------------
     @property
     def skipped(self) -> int:
-        """Frames overwritten in the mailbox before inference took them."""
-        return self.mailbox.overwritten
+        """Frames overwritten before inference took them (in the frame mailbox or the prepared one)."""
+        return self.mailbox.overwritten + self.prepared.overwritten
 
     def start(self) -> None:
-        """Start the worker thread."""
+        """Start the preparer and the worker thread."""
+        self._preparer = threading.Thread(target=self._prepare_loop, name=f"prepare-{self.name}", daemon=True)
+        self._preparer.start()
         self._spawn()
 
     def _spawn(self, after_backoff: bool = False) -> None:
@@ -329,7 +351,10 @@ class TaskWorker:
         """Ask the thread to finish and release the backends."""
         self.stop_event.set()
         self.mailbox.wake()
+        self.prepared.wake()
         deadline = time.monotonic() + timeout
+        if self._preparer is not None:
+            self._preparer.join(max(0.0, deadline - time.monotonic()))
         for thread in self.threads:
             thread.join(max(0.0, deadline - time.monotonic()))
         if not any(t.is_alive() for t in self.threads):
@@ -463,6 +488,27 @@ class TaskWorker:
     def _current(self, generation: int) -> bool:
         return generation == self.generation and not self.stop_event.is_set()
 
+    def _prepare_loop(self) -> None:
+        """Field detection and the first model's pixels for the newest frame, ahead of the model."""
+        lower_thread_priority(self.nice)
+        detector = FieldDetector()
+        while not self.stop_event.is_set():
+            frame = self.mailbox.take(0.2)
+            if frame is None:
+                continue
+            t0 = time.monotonic()
+            spec = self._prepare_spec
+            roi: FieldROI | None = None
+            pixels: np.ndarray | None = None
+            try:
+                roi = detector(frame.image)
+                self.field.publish(roi, t0)
+                if spec is not None:
+                    pixels = prepare_pixels(frame.image, spec, roi)
+            except Exception:  # the inference thread prepares it again and reports what fails
+                roi, pixels = None, None
+            self.prepared.put(_Prepared(frame, roi, spec, pixels, time.monotonic() - t0))
+
     def _run(self, generation: int, after_backoff: bool = False) -> None:
         # Before the backend is loaded: the runtime's thread pools, created while loading, inherit it.
         lower_thread_priority(self.nice)
@@ -490,14 +536,16 @@ class TaskWorker:
                     self.loads += 1
                     self.restarts = self.loads - 1
                     self.loaded = loaded
+                    first = self.task.roles[0] if self.task is not None else None
+                    self._prepare_spec = loaded.manifests[first].preprocess if first in loaded.manifests else None
                     self._last_description = self._describe(loaded)
                     self._set_ok(time.monotonic())
                     self.first_attempt_done.set()
-                frame = self.mailbox.take(0.2)
-                if frame is None or not self._current(generation):
+                item = self.prepared.take(0.2)
+                if item is None or not self._current(generation):
                     continue
                 try:
-                    self._process(frame, loaded, detector, generation)
+                    self._process(item, loaded, detector, generation)
                 except Exception as exc:  # raise, NaN, wrong shape: AI off, restart with backoff
                     if not self._current(generation):
                         break
@@ -516,21 +564,29 @@ class TaskWorker:
                     with contextlib.suppress(Exception):
                         backend.close()
 
-    def _process(self, frame: Frame, loaded: _Loaded, detector: FieldDetector, generation: int) -> None:
+    def _process(self, item: _Prepared, loaded: _Loaded, detector: FieldDetector, generation: int) -> None:
         task = self.task
         assert task is not None
+        frame = item.frame
         image = frame.image
-        t0 = time.monotonic()
-        roi = detector(image)
-        self.field.publish(roi, t0)
-        field_s = time.monotonic() - t0  # charged to the first model's preprocessing
+        roi = item.roi
+        field_s = 0.0
+        if roi is None:
+            t0 = time.monotonic()
+            roi = detector(image)
+            self.field.publish(roi, t0)
+            field_s = time.monotonic() - t0  # charged to the first model's preprocessing
         for role in task.roles:
             if role not in loaded.backends or not task.wants(role):
                 continue
             backend = loaded.backends[role]
             manifest = loaded.manifests[role]
             t1 = time.monotonic()
-            pixels = prepare_pixels(image, manifest.preprocess, roi)
+            if item.pixels is not None and role == task.roles[0] and item.spec == manifest.preprocess:
+                pixels = item.pixels  # prepared ahead, while the model ran on the previous frame
+                field_s, t1 = 0.0, t1 - item.seconds
+            else:
+                pixels = prepare_pixels(image, manifest.preprocess, roi)
             t2 = time.monotonic()
             self.busy_since = t2
             probs = backend.infer(pixels[None])
