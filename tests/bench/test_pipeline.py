@@ -97,7 +97,9 @@ def test_the_real_daemon_runs_on_replayed_1080p_frames(tiny_bundle, sample_image
     )
     figures = run.figures()
     assert figures["frames_out"] > 0 and figures["frame_size"] == "1920x1080"
-    assert figures["video_delay_ms"]["n"] == figures["frames_out"]
+    assert figures["video_delay_whole_run_ms"]["n"] == figures["frames_out"]
+    # The steady-state figures cover the frames from the AI's first results on, not the start-up.
+    assert 0 < figures["video_delay_ms"]["n"] < figures["frames_out"]
     assert figures["overlay_delay_ms"].get("n", 0) > 0  # the overlay showed results of inferred frames
     assert figures["raw_infer_per_s"] < 25  # slowed to >= 50 ms per inference
     assert figures["inference_bound"]

@@ -69,6 +69,9 @@ def test_latency_window_and_rate_meter():
         window.add(v / 1000)
     summary = window.summary()
     assert summary["n"] == 200 and summary["max"] == pytest.approx(200.0) and summary["p50"] == pytest.approx(150.5)
+    assert window.values_since(190).tolist() == [v / 1000 for v in range(191, 201)]
+    assert window.values_since(50) is None  # no longer held: the window keeps the last 100
+    assert window.summary(since=195)["n"] == 5 and window.summary(since=195)["p50"] == pytest.approx(198.0)
     meter = RateMeter(window_s=2.0)
     for k in range(61):
         meter.tick(k / 30)

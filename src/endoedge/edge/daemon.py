@@ -103,12 +103,30 @@ class LatencyWindow:
         """The samples held (seconds)."""
         return self._values[: min(self.count, self._size)].copy()
 
-    def summary(self, percentiles: Sequence[float] = (50, 95, 99)) -> dict[str, float]:
-        """``{"n", "p50", ..., "max", "mean"}`` in milliseconds (empty window → only ``n``)."""
-        data = self.values()
+    def values_since(self, first: int) -> np.ndarray | None:
+        """The samples recorded from sample number ``first`` on (seconds), or ``None`` when the window
+        no longer holds them all."""
+        count = self.count
+        if first < 0 or first > count or count - first > self._size:
+            return None
+        return self._values[np.arange(first, count) % self._size].copy()
+
+    def summary(self, percentiles: Sequence[float] = (50, 95, 99), since: int | None = None) -> dict[str, float]:
+        """``{"n", "p50", ..., "max", "mean"}`` in milliseconds (empty window → only ``n``).
+
+        Args:
+            percentiles: Which percentiles.
+            since: Only the samples from this sample number on (see :meth:`values_since`).
+        """
+        if since is None:
+            data, n = self.values(), self.count
+        else:
+            held = self.values_since(since)
+            data = held if held is not None else np.zeros(0)
+            n = data.size
         if data.size == 0:
             return {"n": 0}
-        out: dict[str, float] = {"n": int(self.count)}
+        out: dict[str, float] = {"n": int(n)}
         for p, v in zip(percentiles, np.percentile(data, percentiles) * 1000.0, strict=True):
             out[f"p{p:g}"] = round(float(v), 3)
         out["max"] = round(float(data.max() * 1000.0), 3)
@@ -1180,8 +1198,6 @@ class Daemon:
             fps_now = float(getattr(source, "fps", 0.0) or 0.0)
             if fps_now > 0:
                 self.nominal_fps = fps_now
-            for worker in self.workers:
-                worker.mailbox.put(frame)
             if sink is None:
                 self.frame_size = (image.shape[1], image.shape[0])
                 sink = self._sink_obj = self._open_sink(image.shape[1], image.shape[0], self.nominal_fps)
@@ -1192,6 +1208,11 @@ class Daemon:
             self._show(sink, image, frame.t_capture, state, self._field_roi(image, t_read))
             t_done = time.monotonic()
             self.video_delay.add(t_done - frame.t_capture)
+            # The AI gets the frame once it is on its way to the screen: its preprocessing and inference
+            # then start after the display path's work instead of competing with it for the cores (a
+            # millisecond or two later for the AI, out of the video's delay).
+            for worker in self.workers:
+                worker.mailbox.put(frame)
             for worker in self.workers:
                 task = worker.task
                 if task is None:
