@@ -230,6 +230,7 @@ def test_resume_after_kill_9(sample_dataset: Path, tmp_path: Path) -> None:
     assert manifest.source["resumed"] is True
     epochs = [int(line.split(",")[0]) for line in history.read_text().splitlines()[1:]]
     assert epochs[-1] == 11, "the resumed run must finish the remaining epochs"
+    assert manifest.metrics["epochs_run"] == 12, "epochs of the killed process count too"
     assert sorted(set(epochs)) == list(range(12)), "every epoch index appears (a killed epoch may be repeated)"
 
 

@@ -357,7 +357,9 @@ def train(
             callbacks=callbacks,
             verbose=verbose,
         )
-        ran = len(hist.history.get("loss", []))
+        # Epochs done in this stage, counting those of an interrupted process this one resumed from (a
+        # resumed fit starts at the restored epoch; one asked to stop where it already is runs none).
+        ran = hist.epoch[-1] + 1 if hist.epoch else stage_epochs
         best = run_dir / "checkpoints" / "best.keras"
         if best.is_file():
             built.model.load_weights(str(best))
