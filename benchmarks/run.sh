@@ -31,11 +31,24 @@ if [[ -z "$DATA" ]]; then
   fi
 fi
 
+parity() {
+  # Exit 1 means an artifact missed its parity gate: the results are filed, so report it and go on to
+  # the other benchmarks. Any other failure (bad data, unusable reference) filed nothing: stop, so
+  # stale results are never left looking current.
+  local rc=0
+  "$ENDOEDGE" bench parity "$@" || rc=$?
+  if [[ $rc -eq 1 ]]; then
+    echo "parity: an artifact missed its gate (results filed, see above)"
+  elif [[ $rc -ne 0 ]]; then
+    echo "parity: failed with exit $rc; stopping" >&2
+    exit "$rc"
+  fi
+}
+
 run_demo() {
   local clip_args=()
   [[ -n "$DEMO_CLIP" ]] && clip_args=(--clip "$DEMO_CLIP")
-  # Parity exits 1 when an artifact misses its gate: report it, keep going to file the other results.
-  "$ENDOEDGE" bench parity "$DEMO" --data "$DATA" "${clip_args[@]}" --out "$OUT" "${WAIT[@]}" || echo "parity: FAILED (see above)"
+  parity "$DEMO" --data "$DATA" "${clip_args[@]}" --out "$OUT" "${WAIT[@]}"
   "$ENDOEDGE" bench latency "$DEMO" --data "$DATA" --threads 1,2 --batches 1,2,4,8,16 \
     --variant tflite:xnnpack=false --variant onnxruntime:optimization=basic --out "$OUT" "${WAIT[@]}"
   "$ENDOEDGE" bench pipeline "$DEMO" --fps 30,60 --seconds 20 --slow-ms 50 --out "$OUT" "${WAIT[@]}"
@@ -82,7 +95,7 @@ run_irv2() {
   [[ "$IRV2" == runs/bench-irv2-bundle ]] && make_irv2
   local clip=runs/bench-clip-test.mp4
   [[ -f "$clip" ]] || "$ENDOEDGE" datasets make-clip "$DATA" -o "$clip" --split test --per-class 3 --fps 10 --dwell 1.5
-  "$ENDOEDGE" bench parity "$IRV2" --data "$DATA" --clip "$clip" --out "$OUT" "${WAIT[@]}" || echo "parity: FAILED (see above)"
+  parity "$IRV2" --data "$DATA" --clip "$clip" --out "$OUT" "${WAIT[@]}"
   "$ENDOEDGE" bench latency "$IRV2" --data "$DATA" --threads 2 --batches 1,4 --runs 20 --seconds 3 \
     --keras "$IRV2_KERAS" --variant tflite:xnnpack=false --variant tflite:threads=1 --variant onnxruntime:threads=1 \
     --out "$OUT" "${WAIT[@]}"

@@ -5,10 +5,8 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +14,7 @@ import cv2
 import numpy as np
 import pytest
 
+from _helpers import private_xvfb
 from endoedge.cli import main as cli_main
 from endoedge.core.bundle import open_bundle
 from endoedge.core.clip import ClipTimeline, TimelineShot, timeline_path
@@ -241,25 +240,8 @@ def test_readme_shows_the_committed_demo_screenshot() -> None:
 @pytest.fixture
 def private_display() -> Iterator[str]:
     """A private Xvfb display (the demo opens a live window when a display is set)."""
-    binary = shutil.which("Xvfb")
-    if binary is None:
-        pytest.skip("Xvfb not installed (apt install xvfb)")
-    number = next(n for n in range(120, 250) if not Path(f"/tmp/.X11-unix/X{n}").exists())
-    process = subprocess.Popen(
-        [binary, f":{number}", "-screen", "0", "1280x800x24", "-nolisten", "tcp"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    deadline = time.monotonic() + 10
-    while not Path(f"/tmp/.X11-unix/X{number}").exists():
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            pytest.skip("Xvfb did not start")
-        time.sleep(0.05)
-    yield f":{number}"
-    process.terminate()
-    process.wait(timeout=10)
+    with private_xvfb(120) as display:
+        yield display
 
 
 @pytest.mark.gstreamer

@@ -154,6 +154,16 @@ def test_recorded_reference_is_used_without_tensorflow_and_checks_pixels(bundle_
     assert len(parity_set.problems) == 1 and "preprocessing differs" in parity_set.problems[0]
     results, _ = run_bundle_parity(bundle, parity_set, ["tflite-fp32", "onnx"], threads=2)
     assert [r.status for r in results] == ["validated", "validated"]
+    # Another manifest of the same files (written elsewhere, so every path differs) finds them by content.
+    elsewhere = path.parent / "elsewhere" / "deeper"
+    files = [(p, GASTROVISION3.index_of(p.parent.name)) for p in sample_images]
+    other_csv = records_from_files(files, GASTROVISION3).write(elsewhere / "again.csv")
+    assert not set(dataset_rows) & {
+        line.split(",")[0] for line in other_csv.read_text().splitlines() if not line.startswith(("#", "path"))
+    }
+    found = build_parity_set(bundle, other_csv, reference="bundle")
+    assert found.reference_source.startswith("bundle parity-reference (11 of 12")
+    np.testing.assert_array_equal(found.reference, parity_set.reference)
 
 
 def write_clip(sample_images, path: Path, frames_per_image: int = 8, fps: float = 10.0) -> Path:

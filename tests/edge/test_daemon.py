@@ -677,3 +677,41 @@ def test_pixels_are_prepared_ahead_by_the_preparer_and_match_the_manifest(tmp_pa
     image, roi, pixels = received[-1]
     assert roi is not None
     np.testing.assert_array_equal(pixels, prepare_pixels(image, spec, roi))
+
+
+def test_status_names_the_bundle_version_running_after_current_is_switched(tmp_path, tiny_bundle, clip):
+    from endoedge.core.fileio import sha256_file
+    from endoedge.edge.bundle_store import install_bundle
+
+    store = tmp_path / "store"
+    first = install_bundle(tiny_bundle, store)
+    config = make_config(
+        tmp_path,
+        clip,
+        tiny_bundle,
+        models=[{"name": "sites", "bundle": str(store / "current"), "backend": "tflite"}],
+        status={"enabled": False},
+        source={"loop": True},
+    )
+    daemon = Daemon(config, sink=null_sink())
+    thread = threading.Thread(target=daemon.run)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 60
+        while daemon.workers[0].state != "ok" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        newer = tmp_path / "newer"
+        shutil.copytree(tiny_bundle, newer)
+        manifest = json.loads((newer / "manifest.json").read_text())
+        manifest["name"] = "a newer version"
+        (newer / "manifest.json").write_text(json.dumps(manifest))
+        second = install_bundle(newer, store)  # `current` now points at it; the daemon runs the first
+        assert second != first
+        running = daemon.status()["backends"][0]
+        stats = daemon.stats()
+    finally:
+        daemon.request_stop("test")
+        thread.join(30)
+    assert running["bundle_path"] == str(first)
+    assert running["manifest_sha256"] == sha256_file(first / "manifest.json")
+    assert isinstance(stats["dropped_before_display"], int) and stats["dropped_before_display"] >= 0

@@ -6,15 +6,15 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
 from daemon_helpers import SMALL, write_clip
+
+from _helpers import NotifyListener
 
 
 @pytest.fixture(scope="module")
@@ -139,35 +139,6 @@ def test_a_stale_checkpoint_is_closed_with_a_marked_report(tmp_path, tiny_bundle
     recovered = [r for r in reports(tmp_path) if r["exam"]["recovered"]]
     assert len(recovered) == 1
     assert recovered[0]["exam"]["end_reason"] == "daemon stopped unexpectedly; closed from the last checkpoint"
-
-
-class NotifyListener:
-    def __init__(self, path: Path) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(str(path))
-        self.sock.settimeout(0.2)
-        self.messages: list[tuple[float, str]] = []
-        self.running = True
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        while self.running:
-            try:
-                data = self.sock.recv(4096)
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            self.messages.append((time.monotonic(), data.decode()))
-
-    def count(self, text: str, since: float = 0.0) -> int:
-        return sum(1 for t, m in list(self.messages) if t >= since and text in m.split("\n"))
-
-    def close(self) -> None:
-        self.running = False
-        self.thread.join(timeout=2)
-        self.sock.close()
 
 
 def test_sd_notify_ready_watchdog_from_the_display_loop_and_stopping(tmp_path, tiny_bundle, clip):

@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 import pytest
 
+from _helpers import private_xvfb
 from endoedge.core.errors import EndoedgeError
 from endoedge.edge.gst import gst_available
 from endoedge.edge.sinks import GstSink, SinkError, open_sink
@@ -362,24 +363,8 @@ def test_window_sink_error_when_no_display(monkeypatch):
 @pytest.fixture(scope="module")
 def xvfb() -> Iterator[str]:
     """A private X server on a free display number."""
-    binary = shutil.which("Xvfb")
-    if binary is None:
-        pytest.skip("Xvfb not installed (apt install xvfb)")
-    number = next(n for n in range(90, 200) if not Path(f"/tmp/.X11-unix/X{n}").exists())
-    process = subprocess.Popen(
-        [binary, f":{number}", "-screen", "0", "1280x800x24", "-nolisten", "tcp"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    deadline = time.monotonic() + 10
-    while not Path(f"/tmp/.X11-unix/X{number}").exists():
-        if process.poll() is not None or time.monotonic() > deadline:
-            pytest.skip("Xvfb did not start")
-        time.sleep(0.05)
-    yield f":{number}"
-    process.terminate()
-    process.wait(timeout=10)
+    with private_xvfb(90) as display:
+        yield display
 
 
 def _screenshot(display: str, path: Path) -> np.ndarray:

@@ -10,7 +10,6 @@ import os
 import re
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -20,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from _helpers import NotifyListener
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "trt"))
 from _onnxbundle import MIX, onnx_bundle
 
@@ -27,36 +28,6 @@ from endoedge.edge.bundle_store import install_bundle, rollback
 
 ROOT = Path(__file__).resolve().parents[2]
 UNIT = ROOT / "systemd" / "endoedge.service"
-
-
-class Listener:
-    """The test's end of NOTIFY_SOCKET: collects datagrams with their arrival time."""
-
-    def __init__(self, path: Path) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(str(path))
-        self.sock.settimeout(0.2)
-        self.messages: list[tuple[float, str]] = []
-        self.running = True
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        while self.running:
-            try:
-                self.messages.append((time.monotonic(), self.sock.recv(4096).decode()))
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-
-    def count(self, line: str, since: float = 0.0) -> int:
-        return sum(1 for t, m in list(self.messages) if t >= since and line in m.split("\n"))
-
-    def close(self) -> None:
-        self.running = False
-        self.thread.join(timeout=2)
-        self.sock.close()
 
 
 def _config(tmp: Path, sample_dir: Path) -> Path:
@@ -95,7 +66,7 @@ def _run_service(tmp: Path, config: Path, freeze: bool = False) -> tuple[dict, l
     and the watchdog pings must stop, then resume when it is released.
     """
     sock = tmp / f"notify-{time.monotonic_ns()}.sock"
-    listener = Listener(sock)
+    listener = NotifyListener(sock)
     env = {**os.environ, "NOTIFY_SOCKET": str(sock), "WATCHDOG_USEC": "400000", "PYTHONUNBUFFERED": "1"}
     if freeze:
         env["ENDOEDGE_FAULT_INJECTION"] = "1"

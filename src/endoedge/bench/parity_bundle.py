@@ -88,20 +88,31 @@ def recorded_reference(bundle: Bundle) -> ParityReference | None:
 
 
 def parity_set_from_reference(bundle: Bundle, reference: ParityReference, dataset: Dataset) -> ParitySet:
-    """The recorded parity images, found in ``dataset`` by path and checked by sha256.
+    """The recorded parity images, found in ``dataset`` by path, else by content, and checked by sha256.
+
+    Finding them by content lets any dataset manifest that lists the same files serve (another import
+    of the same folder, paths relative to another place, a copy on the target).
 
     Raises:
         DatasetError: None of the recorded images could be used (the message says why for the first).
     """
     by_path = {r.path: r for r in dataset.records}
+    by_content: dict[str, Any] | None = None  # sha256 -> record, hashed only when a path is not found
     keep: list[int] = []
     problems: list[str] = []
     pixels: list[np.ndarray] = []
     spec = bundle.manifest.preprocess
     for i, image in enumerate(reference.images):
         record = by_path.get(str(image.get("path")))
+        if record is None and image.get("sha256"):
+            if by_content is None:
+                by_content = {}
+                for candidate in dataset.records:
+                    with contextlib.suppress(OSError):
+                        by_content.setdefault(sha256_file(candidate.abspath), candidate)
+            record = by_content.get(str(image["sha256"]))
         if record is None:
-            problems.append(f"{image.get('path')}: not in {dataset.source}")
+            problems.append(f"{image.get('path')}: not in {dataset.source} (by path or content)")
             continue
         if image.get("sha256") and sha256_file(record.abspath) != image["sha256"]:
             problems.append(f"{record.path}: file differs from the one the reference was made on")

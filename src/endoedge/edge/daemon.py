@@ -460,9 +460,13 @@ class TaskWorker:
                     if any(a.format == backend.format for a in manifest.artifacts)
                     else None,
                 )
-                manifest_file = Path(model.bundle) / "manifest.json"
+                # The bundle folder the backend really loaded: ``model.bundle`` may be a store's ``current``
+                # link that was switched since (the new version runs only after a restart).
+                loaded_bundle = getattr(backend, "bundle", None)
+                folder = Path(getattr(loaded_bundle, "path", None) or model.bundle)
+                entry["bundle_path"] = str(folder)
                 with contextlib.suppress(OSError):
-                    entry["manifest_sha256"] = sha256_file(manifest_file)
+                    entry["manifest_sha256"] = sha256_file(folder / "manifest.json")
             else:
                 entry.update(backend=model.backend, format=model.format)
             out.append(entry)
@@ -872,6 +876,8 @@ class Daemon:
             "frames_out": self.frames_out,
             "no_signal_frames": self.no_signal_frames,
             "bad_frames": self.bad_frames,
+            # Frames the capture thread replaced before the display loop took them (the loop fell behind).
+            "dropped_before_display": int(getattr(self._source_obj, "dropped", 0) or 0),
             "sink_errors": self.sink_errors,
             "overlay_errors": self.overlay_errors,
             "source_errors": self.source_errors,
@@ -923,6 +929,12 @@ class Daemon:
             Metric("frames_out_total", s["frames_out"], "counter", "frames handed to the sink"),
             Metric("no_signal_frames_total", s["no_signal_frames"], "counter", "no-signal screens shown"),
             Metric("bad_frames_total", s["bad_frames"], "counter", "frames dropped as malformed"),
+            Metric(
+                "dropped_frames_total",
+                s["dropped_before_display"],
+                "counter",
+                "frames the capture thread replaced before the display loop took them",
+            ),
             Metric("fps_in", s["fps_in"], help="source frames per second"),
             Metric("fps_out", s["fps_out"], help="displayed frames per second"),
             Metric("signal", 1.0 if self.signal else 0.0, help="1 while the source delivers frames"),
