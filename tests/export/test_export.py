@@ -120,7 +120,9 @@ def test_feeding_bgr_instead_of_rgb_fails_the_parity_check(full_export, referenc
 def test_reordered_outputs_fail_the_parity_check(full_export, reference, export_dataset):
     bundle = open_bundle(full_export.bundle)
     probs = create_backend("onnxruntime", bundle, "onnx").infer(_reference_pixels(reference, export_dataset))
-    result = compare(reference.probabilities, probs[:, ::-1], reference.true_labels, PARITY_TARGETS["int8"])
+    # A cyclic shift moves every top-1 class (a reversal would keep the middle one).
+    shifted = np.roll(probs, 1, axis=1)
+    result = compare(reference.probabilities, shifted, reference.true_labels, PARITY_TARGETS["int8"])
     assert not result.passed and result.agreement < 0.9
 
 
