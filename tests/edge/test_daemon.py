@@ -61,6 +61,10 @@ def test_mailbox_keeps_only_the_newest_frame_and_counts_the_rest():
     frame = box.take(0.01)
     assert frame is not None and frame.index == 4 and box.overwritten == 4
     assert box.take(0.01) is None
+    box.put(Frame(np.zeros((2, 2, 3), np.uint8), 5, 5.0))
+    box.discard()  # "only what comes after now": the waiting frame is dropped and counted
+    box.discard()
+    assert box.take(0.01) is None and box.overwritten == 5
 
 
 def test_latency_window_and_rate_meter():
@@ -715,3 +719,31 @@ def test_status_names_the_bundle_version_running_after_current_is_switched(tmp_p
     assert running["bundle_path"] == str(first)
     assert running["manifest_sha256"] == sha256_file(first / "manifest.json")
     assert isinstance(stats["dropped_before_display"], int) and stats["dropped_before_display"] >= 0
+
+
+def test_fresh_pacing_waits_for_a_frame_prepared_after_each_inference(tmp_path, tiny_bundle, clip, monkeypatch):
+    import endoedge.edge.daemon as daemon_module
+
+    calls = {"discard": 0, "take": 0}
+    real_discard, real_take = daemon_module.Mailbox.discard, daemon_module.Mailbox.take
+
+    def counting_discard(self):
+        calls["discard"] += 1
+        return real_discard(self)
+
+    def counting_take(self, timeout):
+        item = real_take(self, timeout)
+        if isinstance(item, daemon_module._Prepared):
+            calls["take"] += 1
+        return item
+
+    monkeypatch.setattr(daemon_module.Mailbox, "discard", counting_discard)
+    monkeypatch.setattr(daemon_module.Mailbox, "take", counting_take)
+    config = make_config(tmp_path, clip, tiny_bundle, status={"enabled": False}, run={"ai_pacing": "fresh"})
+    created: list = []
+    daemon = Daemon(config, sink=null_sink(), backend_factory=wrapping_factory(lambda n: 0.05, created))
+    assert daemon.run() == 0
+    worker = daemon.stats()["workers"]["coverage"]
+    assert worker["inferences"] > 3 and worker["errors"] == 0
+    assert calls["discard"] >= calls["take"] >= worker["inferences"]  # before every inference
+    assert daemon.stats()["frames_out"] == daemon.stats()["frames_in"]  # the video is unaffected

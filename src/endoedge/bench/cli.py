@@ -121,6 +121,11 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
         default=0.0,
         help="also run with inference slowed to at least this many ms (a model slower than one frame)",
     )
+    p.add_argument(
+        "--fresh",
+        action="store_true",
+        help="with --slow-ms, also run the slowed model with run.ai_pacing=fresh (results sooner, fewer of them)",
+    )
     p.add_argument("--threads", type=int, default=0, help="CPU threads of the backend (default: all cores)")
 
     sub.add_parser("fingerprint", help="print this machine's fingerprint as JSON")

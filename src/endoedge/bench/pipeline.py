@@ -167,6 +167,7 @@ class PipelineRun:
     # set by its first frames (sink start, first sprites), which a procedure never sees.
     steady_video_delay: dict[str, float] | None = None
     steady_overlay_delay: dict[str, float] | None = None
+    pacing: str = "throughput"
 
     def figures(self) -> dict[str, Any]:
         """The four figures of issue #5 with pass/fail against their targets."""
@@ -217,7 +218,11 @@ class PipelineRun:
             "raw_prepare_and_infer_per_s": self.raw.get("prepare_and_infer_per_s"),
             "inference_bound": inference_bound,
             "throughput_share": share,
-            "throughput_ok": (share is not None and share >= THROUGHPUT_SHARE) if inference_bound else None,
+            # "fresh" pacing gives throughput up for freshness on purpose: the target does not apply.
+            "pacing": self.pacing,
+            "throughput_ok": (share is not None and share >= THROUGHPUT_SHARE)
+            if inference_bound and self.pacing == "throughput"
+            else None,
             "skipped_frames": worker.get("skipped_frames"),
             "stages_ms": {
                 **{f"display.{k}": v for k, v in s["stages_ms"].items()},
@@ -237,6 +242,7 @@ def run_daemon(
     clip: str | None = None,
     label: str = "",
     raw_seconds: float = 3.0,
+    pacing: str = "throughput",
 ) -> PipelineRun:
     """Run the real daemon for ``seconds`` on replayed frames (or ``clip``) at ``fps`` and collect its stats."""
     from endoedge.edge.config import (
@@ -265,7 +271,7 @@ def run_daemon(
             status=StatusConfig(enabled=False),
             report=ReportConfig(dir=str(Path(tmp) / "reports"), png=False),
             state=StateConfig(dir=None),
-            run=RunConfig(duration_s=seconds, watchdog=False),
+            run=RunConfig.model_validate({"duration_s": seconds, "watchdog": False, "ai_pacing": pacing}),
         )
 
         def factory(cfg: ModelConfig) -> Backend:
@@ -339,6 +345,7 @@ def run_daemon(
         capture,
         steady_video,
         steady_overlay,
+        pacing,
     )
 
 
@@ -431,12 +438,18 @@ def pipeline_main(
     source = f"clip {args.clip} through file://" if args.clip else "1080p tower frames of the sample images, replayed"
     before = conditions(args)
     figures = []
-    variants = [("", 0.0)] + ([(f"slowed to {args.slow_ms:g} ms", args.slow_ms)] if args.slow_ms > 0 else [])
+    variants = [("", 0.0, "throughput")]
+    if args.slow_ms > 0:
+        variants.append((f"slowed to {args.slow_ms:g} ms", args.slow_ms, "throughput"))
+        if getattr(args, "fresh", False):
+            variants.append((f"slowed to {args.slow_ms:g} ms, pacing fresh", args.slow_ms, "fresh"))
     for fps in args.fps:
-        for suffix, slow in variants:
+        for suffix, slow, pacing in variants:
             label = f"{bundle.manifest.name} @ {fps:g} fps" + (f", {suffix}" if suffix else "")
             say(f"daemon run: {label} for {args.seconds:g} s")
-            run = run_daemon(bundle.path, frames, fps, args.seconds, args.backend, args.threads, slow, args.clip, label)
+            run = run_daemon(
+                bundle.path, frames, fps, args.seconds, args.backend, args.threads, slow, args.clip, label, 3.0, pacing
+            )
             figures.append(run.figures())
     report: dict[str, Any] = {
         "bundle": bundle.manifest.name,

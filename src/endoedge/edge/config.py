@@ -212,6 +212,12 @@ class RunConfig(_Strict):
         description="nice increment of the inference threads (and the runtime pools they create) so the "
         "display path gets the CPU first; 0 = same priority",
     )
+    ai_pacing: Literal["throughput", "fresh"] = Field(
+        default="throughput",
+        description="throughput: a model slower than a frame runs back to back on the newest prepared frame "
+        "(most inferences per second); fresh: it waits for a frame captured after it finished, so results "
+        "reach the screen sooner (about half a frame) at the cost of idle time",
+    )
     gil_switch_ms: float = Field(
         default=1.0,
         gt=0,

@@ -201,6 +201,13 @@ class Mailbox(Generic[T]):
         with self._cond:
             self._cond.notify_all()
 
+    def discard(self) -> None:
+        """Drop an untaken item (counted as overwritten): the consumer wants one that comes after now."""
+        with self._cond:
+            if self._frame is not None:
+                self.overwritten += 1
+                self._frame = None
+
     def take(self, timeout: float) -> T | None:
         """The newest item, waiting up to ``timeout`` seconds; ``None`` when none came."""
         with self._cond:
@@ -303,9 +310,11 @@ class TaskWorker:
         events: queue.SimpleQueue[ExamEvent],
         keep_frame: Callable[[str, str, np.ndarray], None] | None = None,
         nice: int = 0,
+        fresh: bool = False,
     ) -> None:
         self.config = config
         self.nice = nice
+        self.fresh = fresh
         self.name = config.name
         self.models = models
         self.session = session
@@ -563,6 +572,10 @@ class TaskWorker:
                     self._last_description = self._describe(loaded)
                     self._set_ok(time.monotonic())
                     self.first_attempt_done.set()
+                if self.fresh:
+                    # Pacing "fresh": only a frame prepared from now on (it was captured no earlier than
+                    # the end of the previous inference), so the result is at most one frame stale.
+                    self.prepared.discard()
                 item = self.prepared.take(0.2)
                 if item is None or not self._current(generation):
                     continue
@@ -707,7 +720,15 @@ class Daemon:
             keeper = self._keep_frame if config.report.include_frames else None
             self.workers.append(
                 TaskWorker(
-                    task, models, self.session, self.factory, self.field, self.events, keeper, config.run.inference_nice
+                    task,
+                    models,
+                    self.session,
+                    self.factory,
+                    self.field,
+                    self.events,
+                    keeper,
+                    config.run.inference_nice,
+                    config.run.ai_pacing == "fresh",
                 )
             )
         self.checkpoints = CheckpointStore(config.state.dir) if config.state.dir else None
