@@ -51,7 +51,7 @@ run_demo() {
   parity "$DEMO" --data "$DATA" "${clip_args[@]}" --out "$OUT" "${WAIT[@]}"
   "$ENDOEDGE" bench latency "$DEMO" --data "$DATA" --threads 1,2 --batches 1,2,4,8,16 \
     --variant tflite:xnnpack=false --variant onnxruntime:optimization=basic --out "$OUT" "${WAIT[@]}"
-  "$ENDOEDGE" bench pipeline "$DEMO" --fps 30,60 --seconds 20 --slow-ms 50 --out "$OUT" "${WAIT[@]}"
+  "$ENDOEDGE" bench pipeline "$DEMO" --fps 30,60 --seconds 20 --slow-ms 50 --fresh --out "$OUT" "${WAIT[@]}"
 }
 
 make_irv2() {
