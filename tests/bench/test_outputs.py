@@ -51,7 +51,10 @@ def test_parse_trtexec_summary():
 def test_parse_variant():
     assert parse_variant("tflite:xnnpack=false,threads=1") == ("tflite", {"xnnpack": False, "threads": 1})
     assert parse_variant("onnxruntime:optimization=basic") == ("onnxruntime", {"optimization": "basic"})
-    for bad in ("tflite", "tflite:", ":a=b", "tflite:xnnpack"):
+    assert parse_variant("onnxruntime:spinning=false") == ("onnxruntime", {"spinning": False})
+    with pytest.raises(EndoedgeError, match=r"unknown option 'xnpack' for backend 'tflite' \(valid: threads, xnnpack"):
+        parse_variant("tflite:xnpack=false")
+    for bad in ("tflite", "tflite:", ":a=b", "tflite:xnnpack", "openvino:threads=1"):
         with pytest.raises(EndoedgeError):
             parse_variant(bad)
 

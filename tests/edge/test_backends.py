@@ -89,6 +89,36 @@ def test_registry_errors_list_valid_choices(bundle):
     assert set(BACKENDS) == {"tensorrt", "onnxruntime", "tflite", "savedmodel"}
 
 
+def test_unknown_options_are_refused_before_the_runtime_loads(bundle, monkeypatch):
+    import endoedge.edge.backends as backends
+
+    imported = []
+    monkeypatch.setattr(backends.importlib, "import_module", lambda name: imported.append(name))
+    with pytest.raises(EndoedgeError, match=r"unknown option 'thread' for backend 'onnxruntime' \(valid: .*providers"):
+        create_backend("onnxruntime", bundle, "onnx", thread=1)
+    with pytest.raises(EndoedgeError, match=r"unknown options 'a', 'b' for backend 'tflite'"):
+        create_backend("tflite", bundle, b=1, a=2)
+    with pytest.raises(EndoedgeError, match=r"unknown option 'nonsense' for backend 'auto' \(valid: .*xnnpack"):
+        create_backend("auto", bundle, nonsense=True)
+    assert imported == []
+
+
+def test_auto_gives_the_picked_backend_only_its_own_options(bundle, pixels, reference):
+    # ORT is picked here; a LiteRT-only option in the same config must not reach (and break) it.
+    backend = create_backend("auto", bundle, xnnpack=False, threads=1, spinning=False)
+    assert backend.name == "onnxruntime"
+    assert backend.options == {"threads": 1, "spinning": False}
+    assert np.abs(backend.infer(pixels) - reference).max() < 1e-4
+
+
+def test_onnxruntime_spinning_option(bundle, pixels, reference):
+    quiet = create_backend("onnxruntime", bundle, "onnx", threads=2, spinning=False)
+    assert np.abs(quiet.infer(pixels) - reference).max() < 1e-4
+    assert quiet.session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    with pytest.raises(BackendError, match="spinning must be true or false, not 'no'"):
+        create_backend("onnxruntime", bundle, "onnx", spinning="no")
+
+
 def test_bad_input_and_bad_output_are_reported(bundle, pixels, monkeypatch):
     backend = create_backend("tflite", bundle, "tflite-fp32")
     with pytest.raises(ValueError, match="expected uint8 N×64×64×3 pixels, got float32"):

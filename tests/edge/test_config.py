@@ -58,6 +58,10 @@ def test_a_good_config_loads_with_paths_resolved(tmp_path):
             GOOD.replace("backend: tflite", "backend: openvino"),
             r"daemon.yaml:9: models\[0\].backend: unknown backend 'openvino'",
         ),
+        (
+            GOOD.replace("options: {threads: 2}", "options: {thread: 2}"),
+            r"daemon.yaml:10: models\[0\].options: unknown option 'thread' for backend 'tflite' \(valid: threads, xnn",
+        ),
         (GOOD.replace("    model: sites\n", ""), r"daemon.yaml:12: tasks\[0\].model: missing required field"),
         (
             GOOD.replace("type: egd-coverage", "type: colonoscopy"),

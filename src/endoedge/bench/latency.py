@@ -563,7 +563,7 @@ def parse_variant(text: str) -> tuple[str, dict[str, Any]]:
     """``tflite:xnnpack=false,threads=1`` → ``("tflite", {"xnnpack": False, "threads": 1})``.
 
     Raises:
-        EndoedgeError: Not ``backend:key=value[,key=value]``.
+        EndoedgeError: Not ``backend:key=value[,key=value]``, or an unknown backend or option.
     """
     backend, sep, rest = text.partition(":")
     if not sep or not backend or not rest:
@@ -580,6 +580,9 @@ def parse_variant(text: str) -> tuple[str, dict[str, Any]]:
             with contextlib.suppress(ValueError):
                 value = int(raw)
         options[key.strip()] = value
+    from endoedge.edge.backends import check_backend_options
+
+    check_backend_options(backend.strip(), options)  # a typo fails here, not as a "failed" row later
     return backend.strip(), options
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from endoedge.core.errors import ConfigError
 
@@ -69,6 +69,21 @@ class ModelConfig(_Strict):
     def _known_backend(cls, value: str) -> str:
         if value not in BACKEND_NAMES:
             raise ValueError(f"unknown backend {value!r} (valid: {', '.join(BACKEND_NAMES)})")
+        return value
+
+    @field_validator("options")
+    @classmethod
+    def _known_options(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        from endoedge.core.errors import EndoedgeError
+        from endoedge.edge.backends import check_backend_options
+
+        backend = info.data.get("backend")
+        if backend is None:  # the backend itself was invalid; that error is reported instead
+            return value
+        try:
+            check_backend_options(backend, value)
+        except EndoedgeError as exc:
+            raise ValueError(exc.message) from None
         return value
 
 

@@ -48,6 +48,9 @@ class BackendInfo:
         formats: Artifact formats it runs, in default order of preference.
         requires: Alternatives of ``(python module, what to install)``; any one present suffices.
         description: One line for docs and ``--help``.
+        options: Option names the backend understands besides the common ones
+            (:data:`COMMON_OPTIONS`); anything else is refused before the runtime is imported,
+            so a typo in a config (``thread: 1``) is an error rather than a silently ignored setting.
     """
 
     name: str
@@ -56,6 +59,11 @@ class BackendInfo:
     formats: tuple[str, ...]
     requires: tuple[tuple[str, str], ...]
     description: str
+    options: tuple[str, ...] = ()
+
+
+#: Options every backend accepts; a backend without thread control (TensorRT) ignores ``threads``.
+COMMON_OPTIONS = ("threads",)
 
 
 BACKENDS: Mapping[str, BackendInfo] = {
@@ -68,6 +76,16 @@ BACKENDS: Mapping[str, BackendInfo] = {
             ("trt-int8", "trt-fp16"),
             (("tensorrt", "JetPack's TensorRT Python bindings (python3-libnvinfer)"),),
             "TensorRT engines on NVIDIA GPUs (Jetson); engines are built on the target",
+            (
+                "engine_cache",
+                "build",
+                "rebuild",
+                "workspace_mib",
+                "dla_core",
+                "max_batch",
+                "optimization_level",
+                "cuda",
+            ),
         ),
         BackendInfo(
             "onnxruntime",
@@ -76,6 +94,7 @@ BACKENDS: Mapping[str, BackendInfo] = {
             ("onnx", "onnx-fp16", "onnx-int8"),
             (("onnxruntime", "pip install 'endoedge[edge]' (onnxruntime or onnxruntime-gpu)"),),
             "ONNX Runtime with TensorRT/CUDA/CPU execution providers from config",
+            ("providers", "optimization", "provider_options", "spinning"),
         ),
         BackendInfo(
             "tflite",
@@ -90,6 +109,7 @@ BACKENDS: Mapping[str, BackendInfo] = {
                 ("tensorflow", "tensorflow"),
             ),
             "LiteRT (TFLite) interpreter with XNNPACK on CPU",
+            ("xnnpack",),
         ),
         BackendInfo(
             "savedmodel",
@@ -122,6 +142,28 @@ def backend_info(name: str) -> BackendInfo:
     if name not in BACKENDS:
         raise EndoedgeError(f"unknown backend {name!r} (valid: auto, {', '.join(BACKENDS)})")
     return BACKENDS[name]
+
+
+def check_backend_options(name: str, options: Mapping[str, Any]) -> None:
+    """Refuse option names a backend does not understand.
+
+    Args:
+        name: ``auto`` or a key of :data:`BACKENDS`. For ``auto`` an option is valid when any
+            backend understands it (the one picked gets only its own; see :func:`create_backend`).
+        options: The options as given (config ``models[].options`` or keyword arguments).
+
+    Raises:
+        EndoedgeError: Unknown backend, or unknown options with the valid ones listed.
+    """
+    valid = set(COMMON_OPTIONS)
+    for info in BACKENDS.values() if name == "auto" else (backend_info(name),):
+        valid.update(info.options)
+    unknown = sorted(set(options) - valid)
+    if unknown:
+        raise EndoedgeError(
+            f"unknown option{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} for backend {name!r}"
+            f" (valid: {', '.join(sorted(valid))})"
+        )
 
 
 def is_available(name: str) -> bool:
@@ -182,14 +224,17 @@ def create_backend(name: str, bundle: Bundle, fmt: str | None = None, **options:
         name: ``auto`` or a key of :data:`BACKENDS`.
         bundle: An opened bundle (see :func:`endoedge.core.bundle.open_bundle`).
         fmt: Artifact format to load; defaults to the backend's preference among the bundle's.
-        **options: Backend options (e.g. ``threads``, ``providers``, ``engine_cache``).
+        **options: Backend options (e.g. ``threads``, ``providers``, ``engine_cache``). With
+            ``auto``, options meant for other backends are dropped for the one picked, so one
+            config can list ``providers`` for ONNX Runtime and still fall back to LiteRT.
 
     Raises:
-        EndoedgeError: Unknown backend (valid names listed).
+        EndoedgeError: Unknown backend (valid names listed) or unknown options (valid ones listed).
         MissingDependencyError: The runtime is not installed (says what to install).
         BundleError: No suitable artifact, or the artifact's checksum is wrong.
         BackendError: The runtime could not load the artifact.
     """
+    check_backend_options(name, options)
     if name == "auto":
         reasons = []
         for candidate in AUTO_ORDER:
@@ -201,7 +246,8 @@ def create_backend(name: str, bundle: Bundle, fmt: str | None = None, **options:
             except BundleError as exc:
                 reasons.append(f"{candidate}: {exc.message}")
                 continue
-            return create_backend(candidate, bundle, chosen, **options)
+            own = set(COMMON_OPTIONS) | set(BACKENDS[candidate].options)
+            return create_backend(candidate, bundle, chosen, **{k: v for k, v in options.items() if k in own})
         raise BundleError("no installed backend can run this bundle (" + "; ".join(reasons) + ")", bundle.path)
     info = backend_info(name)
     if not is_available(name):

@@ -54,6 +54,7 @@ class TensorRTBackend(BaseBackend):
     """Runs ``trt-fp16`` / ``trt-int8`` engines.
 
     Options:
+        threads: Accepted for symmetry with the CPU backends and ignored (the GPU does the work).
         engine_cache: Engine cache folder (default ``/var/cache/endoedge``).
         build: Build a missing engine at load (default True; False fails fast instead).
         rebuild: Rebuild even when a valid engine is cached.
