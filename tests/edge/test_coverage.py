@@ -53,6 +53,14 @@ def test_quality_checks_and_checkpoint_round_trip():
         tracker.observe(float(k), float(k), k)
         tracker.photo(float(k), k)
     checks = {c.name: c for c in tracker.checks(430.0)}
+    assert [c.key for c in checks.values()] == ["inspection", "sites", "photos"]
+    assert checks["inspection >= 7 min"].line() == "inspection >= 7 min: 7:10 OK"
+    assert tracker.summary(430.0)["checks"][0] == {
+        "key": "inspection",
+        "name": "inspection >= 7 min",
+        "passed": True,
+        "detail": "7:10",
+    }
     assert checks["inspection >= 7 min"].passed and checks["inspection >= 7 min"].detail == "7:10"
     assert checks["sites observed"].passed and checks["landmarks photographed"].passed
     assert not {c.name: c for c in tracker.checks(60.0)}["inspection >= 7 min"].passed
@@ -151,6 +159,8 @@ def test_hemorrhoid_cascade_runs_b_only_while_a_is_positive():
         t += 0.05
     assert task.wants("b")
     assert re.fullmatch(r"Internal hemorrhoid 0\.[89]\d · LDRf Rf2 0\.9\d", task.view.grade)
+    assert re.fullmatch(r"内痔 0\.[89]\d · LDRf Rf2 高风险 0\.9\d", task.view.grade_zh)
+    assert overlay_fields([task.view])["grade_zh"] == task.view.grade_zh
     session.start(t, t)
     session.observe(task, "a", probs(1, 2), t + 0.1, t, 0)
     session.observe(task, "a", probs(1, 2), t + 0.2, t, 0)

@@ -15,6 +15,7 @@ from endoedge.core.synthetic import TowerLayout, tower_frame
 from endoedge.edge.overlay import (
     BUNDLED_FONT,
     BUNDLED_FONT_CHARS,
+    GRADE_COLOURS,
     PANELS,
     UI_TEXT,
     Canvas,
@@ -24,7 +25,7 @@ from endoedge.edge.overlay import (
     load_font,
     wrap_text,
 )
-from endoedge.edge.types import OverlayState, SiteCell
+from endoedge.edge.types import ExamCheck, OverlayState, SiteCell
 
 EGD30 = get_labelset("egd30")
 
@@ -59,8 +60,13 @@ def _full_state(language: str = "en", label_index: int = 19, confidence: float =
         confidence=confidence,
         coverage=_cells(),
         exam_seconds=192.4,
-        exam_checks=("inspection >= 7 min: 3:12 --", "sites observed: 10/30 --", "landmarks photographed: 2/2 OK"),
+        exam_checks=(
+            ExamCheck("inspection", False, "3:12", 7),
+            ExamCheck("sites", False, "10/30"),
+            ExamCheck("photos", True, "2/2"),
+        ),
         grade="Hemorrhoid 0.93 · LDRf Rf1 0.81",
+        grade_zh="内痔 0.93 · LDRf Rf1 中风险 0.81",
         fps_in=30.0,
         infer_ms=11.6,
         language=language,
@@ -256,6 +262,34 @@ def test_chinese_labels_render_with_real_glyphs(images):
                 mask = np.asarray(font.getmask(ch))
                 assert mask.size and mask.max() > 0, f"{ch!r} draws nothing"
                 assert mask.shape != tofu.shape or not np.array_equal(mask, tofu), f"{ch!r} draws the missing box"
+
+
+def test_exam_checks_and_grade_are_worded_in_the_overlay_language(images, monkeypatch):
+    layout = TowerLayout()
+    frame, roi = _frame(images, layout), layout.roi()
+    drawn: dict[str, list[str]] = {"en": [], "zh": []}
+    for language in ("en", "zh"):
+        renderer = _renderer()
+        original = renderer._text_sprite
+
+        def spy(key, text, *args, _original=original, _drawn=drawn[language], **kwargs):
+            _drawn.append(text)
+            return _original(key, text, *args, **kwargs)
+
+        monkeypatch.setattr(renderer, "_text_sprite", spy)
+        renderer.render(frame, _full_state(language), roi)
+    assert "inspection >= 7 min: 3:12 --" in drawn["en"] and "landmarks photographed: 2/2 OK" in drawn["en"]
+    assert "观察时间 ≥ 7 分钟: 3:12 --" in drawn["zh"] and "标志部位已拍照: 2/2 OK" in drawn["zh"]
+    assert not any("inspection" in text or "observed" in text for text in drawn["zh"])
+    # The grade panel shows the Chinese grade names; its risk colour still follows the grade (Rf1).
+    renderer = _renderer()
+    zh = renderer.render(frame, _full_state("zh"), roi)
+    en = renderer.render(frame, _full_state("en"), roi)
+    p = renderer.layout(frame, _full_state("zh"), roi)["grade"]
+    x0, y0, x1, y1 = p.rect()
+    assert np.any(zh[y0:y1, x0:x1] != en[y0:y1, x0:x1])
+    stripe = zh[p.y + 16 : p.y + p.height - 16, p.x + 13 : p.x + 16].reshape(-1, 3).astype(int)
+    assert (np.abs(stripe - GRADE_COLOURS["Rf1"]).max(axis=1) <= 2).mean() > 0.9
 
 
 def test_font_subset_covers_label_sets_and_overlay_words():

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from endoedge.core.labels import LabelSet
+from endoedge.edge.types import ExamCheck
 
 
 @dataclass
@@ -137,17 +138,8 @@ def _exam_id(wall: float, counter: int) -> str:
     return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(wall)) + f"-{counter:03d}"
 
 
-@dataclass(frozen=True)
-class QualityCheck:
-    """One exam quality check shown on the overlay and in the report."""
-
-    name: str
-    passed: bool
-    detail: str
-
-    def line(self) -> str:
-        """Short overlay line, e.g. ``"inspection >= 7 min: 3:12 ✗"``."""
-        return f"{self.name}: {self.detail} {'OK' if self.passed else '--'}"
+#: Kept under its old name: the checks are the overlay's :class:`~endoedge.edge.types.ExamCheck`.
+QualityCheck = ExamCheck
 
 
 class CoverageTracker:
@@ -236,20 +228,21 @@ class CoverageTracker:
         """Keys of required sites not observed (yet)."""
         return [self.labelset.keys[i] for i in self.required if self.observed_at[i] is None]
 
-    def checks(self, exam_s: float) -> list[QualityCheck]:
+    def checks(self, exam_s: float) -> list[ExamCheck]:
         """The exam quality checks at ``exam_s`` seconds into the exam."""
         seen = sum(1 for i in self.required if self.observed_at[i] is not None)
         photographed = sum(1 for i in self.photo_sites if self.photos[i] > 0)
         minutes = self.min_inspection_s / 60
         return [
-            QualityCheck(
-                f"inspection >= {minutes:g} min",
+            ExamCheck(
+                "inspection",
                 exam_s >= self.min_inspection_s,
                 f"{int(exam_s // 60)}:{int(exam_s % 60):02d}",
+                minutes,
             ),
-            QualityCheck("sites observed", seen == len(self.required), f"{seen}/{len(self.required)}"),
-            QualityCheck(
-                "landmarks photographed",
+            ExamCheck("sites", seen == len(self.required), f"{seen}/{len(self.required)}"),
+            ExamCheck(
+                "photos",
                 photographed == len(self.photo_sites),
                 f"{photographed}/{len(self.photo_sites)}",
             ),
@@ -279,7 +272,9 @@ class CoverageTracker:
             "observed": seen,
             "fraction": round(seen / len(self.required), 4),
             "blind_spots": self.blind_spots(),
-            "checks": [{"name": c.name, "passed": c.passed, "detail": c.detail} for c in self.checks(exam_s)],
+            "checks": [
+                {"key": c.key, "name": c.name, "passed": c.passed, "detail": c.detail} for c in self.checks(exam_s)
+            ],
             "sites": sites,
             "photos": list(self.photo_log),
         }

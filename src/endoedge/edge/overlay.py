@@ -40,7 +40,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from endoedge.core.errors import ConfigError
 from endoedge.core.preprocess import FieldROI
-from endoedge.edge.types import OverlayState, SiteCell
+from endoedge.edge.types import EXAM_CHECK_NAMES, OverlayState, SiteCell
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +70,7 @@ UI_TEXT: Mapping[str, Mapping[str, str]] = {
         "required": "required",
         "optional": "optional",
         "grade": "Hemorrhoid",
+        **{f"check_{key}": name for key, name in EXAM_CHECK_NAMES.items()},
     },
     "zh": {
         "coverage": "部位覆盖",
@@ -83,6 +84,9 @@ UI_TEXT: Mapping[str, Mapping[str, str]] = {
         "required": "必检",
         "optional": "可选",
         "grade": "痔疮",
+        "check_inspection": "观察时间 ≥ {minutes:g} 分钟",
+        "check_sites": "已观察部位",
+        "check_photos": "标志部位已拍照",
     },
 }
 PANELS = ("banner", "site", "grade", "exam", "coverage", "status")
@@ -944,9 +948,9 @@ class OverlayRenderer:
     ) -> None:
         self._blit(self._panel_background(p, s), out, p.x, p.y)
         pad = round(12 * s)
-        grade = state.grade or ""
+        grade = (state.grade_zh if state.language == "zh" and state.grade_zh else state.grade) or ""
         key = ("grade", grade, p.width, p.height)
-        accent = grade_colour(grade)
+        accent = grade_colour(state.grade or "")  # the colour follows the grade key (Rf0/Rf1/Rf2)
 
         def build() -> Sprite:
             canvas = Canvas(p.width - 2 * pad, p.height - 2 * pad)
@@ -975,8 +979,9 @@ class OverlayRenderer:
             sprite = self._text_sprite(("exam", "clock"), clock, 30 * s, WHITE, inner_w // 2, title_h, anchor="rm")
             self._blit(sprite, out, p.x + pad + inner_w - inner_w // 2, p.y + round(4 * s))
         line_h = round(26 * s)
-        for i, line in enumerate(state.exam_checks[:4]):
-            color = GREEN if line.rstrip().endswith("OK") else WHITE
+        for i, check in enumerate(state.exam_checks[:4]):
+            line = check.line(text.get(f"check_{check.key}"))
+            color = GREEN if check.passed else WHITE
             sprite = self._text_sprite(("exam", "check", i), line, 19 * s, color, inner_w, line_h)
             self._blit(sprite, out, p.x + pad, p.y + round(44 * s) + i * line_h)
 

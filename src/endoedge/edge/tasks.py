@@ -27,7 +27,7 @@ from endoedge.core.manifest import ModelManifest
 from endoedge.edge.config import CoverageTaskConfig, HemorrhoidTaskConfig, SmoothingConfig
 from endoedge.edge.coverage import CoverageTracker, ExamClock, FreezeDetector
 from endoedge.edge.smoothing import Smoother
-from endoedge.edge.types import SiteCell
+from endoedge.edge.types import ExamCheck, SiteCell
 
 
 def make_smoother(num_classes: int, config: SmoothingConfig) -> Smoother:
@@ -54,8 +54,9 @@ class TaskView:
         label_zh: Chinese name.
         confidence: Smoothed probability of ``label``.
         coverage: Coverage cells (coverage tasks).
-        checks: Quality-check lines.
+        checks: Exam quality checks.
         grade: Hemorrhoid text, or ``None``.
+        grade_zh: The same with Chinese label names ("" when none).
         t_capture: Capture time of the frame this view comes from.
         frame_index: Index of that frame.
     """
@@ -64,8 +65,9 @@ class TaskView:
     label_zh: str = ""
     confidence: float = 0.0
     coverage: tuple[SiteCell, ...] = ()
-    checks: tuple[str, ...] = ()
+    checks: tuple[ExamCheck, ...] = ()
     grade: str | None = None
+    grade_zh: str = ""
     t_capture: float = 0.0
     frame_index: int = -1
 
@@ -218,7 +220,7 @@ class CoverageTask(Task):
 
     def _refresh_view(self, t: float, frame_index: int) -> None:
         label = None if self.index is None else self.labelset.labels[self.index]
-        checks = tuple(c.line() for c in self.tracker.checks(self._exam_s)) if self._exam_s is not None else ()
+        checks = tuple(self.tracker.checks(self._exam_s)) if self._exam_s is not None else ()
         self.view = TaskView(
             label=label.name if label else None,
             label_zh=label.name_zh if label else "",
@@ -296,18 +298,23 @@ class HemorrhoidTask(Task):
         elif role == "b" and self.smoother_b is not None:
             decision = self.smoother_b.update(probs, t)
             self.b_index, self.b_conf = decision.index, decision.confidence
-        self.view = TaskView(grade=self.text(), t_capture=t, frame_index=frame_index)
+        self.view = TaskView(grade=self.text(), grade_zh=self.text(zh=True) or "", t_capture=t, frame_index=frame_index)
 
-    def text(self) -> str | None:
-        """Overlay text, e.g. ``"Internal hemorrhoid 0.93 · LDRf Rf1 0.81"``."""
+    def text(self, zh: bool = False) -> str | None:
+        """Overlay text, e.g. ``"Internal hemorrhoid 0.93 · LDRf Rf1 0.81"`` (``zh``: Chinese label names)."""
+
+        def name(labelset: Any, index: int) -> str:
+            label = labelset.labels[index]
+            return str(label.name_zh if zh and label.name_zh else label.name)
+
         if self.a_index is None:
             return None
-        text = f"{self.labels_a.labels[self.a_index].name} {self.a_conf:.2f}"
+        text = f"{name(self.labels_a, self.a_index)} {self.a_conf:.2f}"
         if self.a_index == self.positive_index and self.labels_b is not None:
             if self.b_index is None:
                 text += " · LDRf …"
             else:
-                text += f" · LDRf {self.labels_b.labels[self.b_index].name} {self.b_conf:.2f}"
+                text += f" · LDRf {name(self.labels_b, self.b_index)} {self.b_conf:.2f}"
         return text
 
     def inside(self) -> bool | None:
@@ -570,4 +577,5 @@ def overlay_fields(views: Sequence[TaskView]) -> dict[str, Any]:
             fields.setdefault("exam_checks", view.checks)
     if grades:
         fields["grade"] = " | ".join(grades)
+        fields["grade_zh"] = " | ".join(v.grade_zh or v.grade or "" for v in views if v.grade)
     return fields
