@@ -88,3 +88,14 @@ def test_machine_id_separates_machines_and_differences_are_named():
     diffs = fingerprint_differences(base, {**other_mode, "versions": {"onnxruntime": "1.20.0", "tensorrt": "10.7.0"}})
     assert any(d.startswith("power_mode") for d in diffs)
     assert any(d.startswith("versions.tensorrt") for d in diffs)
+
+
+def test_same_cpu_name_with_other_instruction_sets_is_another_machine():
+    # A cloud VM reports "AMD EPYC" for Zen 3 (AVX2) and Zen 4 (AVX-512 VNNI) alike; their int8 and
+    # fp32 latencies differ, so their results must not share a folder.
+    zen3 = {"arch": "x86_64", "cpu_model": "AMD EPYC", "cpu_cores": 2, "ram_gib": 23.5, "gpu": "none"}
+    zen3["cpu_flags"] = ["avx", "avx2", "f16c", "fma"]
+    zen4 = {**zen3, "cpu_flags": ["avx", "avx2", "avx512_vnni", "avx512f", "f16c", "fma"]}
+    assert machine_id(zen3) != machine_id(zen4)
+    assert machine_id(zen3).startswith("x86_64-amd-epyc-2c-nogpu-")
+    assert any(d.startswith("cpu_flags") for d in fingerprint_differences(zen3, zen4))

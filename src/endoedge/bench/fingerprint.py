@@ -43,7 +43,17 @@ VERSIONED_PACKAGES: Mapping[str, tuple[str, ...]] = {
 
 #: Fingerprint fields that identify the hardware and its configuration; a difference in any of them
 #: means two results are not comparable.
-IDENTITY_FIELDS = ("arch", "cpu_model", "cpu_cores", "ram_gib", "gpu", "jetson_model", "l4t", "power_mode")
+IDENTITY_FIELDS = (
+    "arch",
+    "cpu_model",
+    "cpu_flags",  # one cloud "AMD EPYC" may be Zen 3 (AVX2) one day and Zen 4 (AVX-512, VNNI) the next
+    "cpu_cores",
+    "ram_gib",
+    "gpu",
+    "jetson_model",
+    "l4t",
+    "power_mode",
+)
 
 CommandRunner = Callable[[list[str]], str | None]
 
