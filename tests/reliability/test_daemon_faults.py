@@ -305,14 +305,25 @@ def test_backend_failures_keep_the_video_and_restart_the_backend(tmp_path: Path,
                 d.set_backend("raise")  # a failure forces a reload, and the reload fails too
                 d.wait_status(lambda s: s["ai"] == "off", 30, "AI off before the failing reloads")
                 d.set_backend("loadfail")
+            errors_before = d.status()["stats"]["workers"]["coverage"]["errors"]
             t_fault = time.monotonic()
             if action != "loadfail":
                 d.set_backend(action)
             off = d.wait_status(lambda s: s["ai"] == "off", 30, f"AI off after {action}")
             to_off = time.monotonic() - t_fault
             assert off["message"], "the banner needs a reason"
-            time.sleep(1.5)  # AI stays off for a while: every captured frame must still be displayed
+            # AI stays off for a while: every captured frame must still be displayed, and the AI must
+            # not come back while the fault lasts (a reload's warm-up checks outputs as inference does).
+            states = set()
+            while time.monotonic() - t_fault < to_off + 1.5:
+                states.add(d.status()["ai"])
+                time.sleep(0.05)
+            assert "ok" not in states, (action, states)
             during = d.status()
+            if action in ("nan", "shape", "range"):
+                # One bad inference; each reload's warm-up then fails on the same garbage, so the backend
+                # is never declared loaded only to fail again on the next frame.
+                assert during["stats"]["workers"]["coverage"]["errors"] - errors_before == 1, action
             d_in = during["stats"]["frames_in"] - off["stats"]["frames_in"]
             d_out = during["stats"]["frames_out"] - off["stats"]["frames_out"]
             d_off = during["stats"]["workers"]["coverage"]["ai_off_s"] - off["stats"]["workers"]["coverage"]["ai_off_s"]

@@ -248,13 +248,20 @@ def load_backend(model: ModelConfig) -> Backend:
 
 
 def _warm(backend: Backend, runs: int) -> None:
+    """Warm a freshly loaded backend up, checking what it returns as a real inference would be checked.
+
+    A backend that returns garbage (NaN, a wrong shape, values outside [0, 1]) fails its warm-up, so the
+    AI stays off with its banner until a reload gives sane outputs, instead of being declared ``ok``
+    and failing again on the next real frame.
+    """
+    spec = backend.manifest.preprocess
+    blank = np.zeros((1, spec.height, spec.width, 3), dtype=np.uint8)
     warmup = getattr(backend, "warmup", None)
     if callable(warmup):
         warmup(runs=runs)
-        return
-    spec = backend.manifest.preprocess
+        runs = min(runs, 1)  # its own warm-up ran; one checked inference remains
     for _ in range(runs):
-        backend.infer(np.zeros((1, spec.height, spec.width, 3), dtype=np.uint8))
+        _check_output(backend.infer(blank), backend.manifest.num_classes)
 
 
 def _check_output(probs: Any, classes: int) -> np.ndarray:
