@@ -14,8 +14,9 @@ The pip OpenCV has no GStreamer, so the daemon talks to GStreamer directly:
 Neither needs a GLib main loop: the pipeline bus is polled after every pull or push, so a pipeline
 error surfaces as one exception naming the element and GStreamer's message.
 
-On Debian/Ubuntu: ``apt install python3-gi gir1.2-gst-plugins-base-1.0 gstreamer1.0-plugins-good``; on a
-Jetson, JetPack ships them. A virtualenv must be created with ``--system-site-packages`` to see them.
+On Debian/Ubuntu: ``apt install python3-gi gir1.2-gst-plugins-base-1.0 gstreamer1.0-plugins-good
+gstreamer1.0-x``; on a Jetson, JetPack ships them. A virtualenv must be created with
+``--system-site-packages`` to see them.
 """
 
 from __future__ import annotations
@@ -126,8 +127,8 @@ def require_elements(names: list[str], what: str) -> None:
         "nvv4l2decoder": "JetPack's nvidia-l4t-gstreamer",
         "x264enc": "gstreamer1.0-plugins-ugly",
         "avdec_h264": "gstreamer1.0-libav",
-        "xvimagesink": "gstreamer1.0-plugins-base",
-        "ximagesink": "gstreamer1.0-plugins-base",
+        "xvimagesink": "gstreamer1.0-x",  # Debian/Ubuntu split the X11 sinks out of plugins-base
+        "ximagesink": "gstreamer1.0-x",
         "rtspsrc": "gstreamer1.0-plugins-good",
         "v4l2src": "gstreamer1.0-plugins-good",
         "jpegdec": "gstreamer1.0-plugins-good",
