@@ -6,6 +6,7 @@
 #   benchmarks/run.sh                 # everything (about 15 min on an idle 2-core x86 box)
 #   benchmarks/run.sh demo            # only the demo bundle
 #   IRV2=path/to/bundle IRV2_KERAS=path/to/model.keras benchmarks/run.sh irv2
+#   benchmarks/run.sh resenet         # the trained RESENet (train/README.md; exported here when missing)
 #
 # On a shared machine, WAIT_QUIET=600 makes each command wait up to 10 min for CPU pressure < 10 %.
 set -euo pipefail
@@ -104,9 +105,35 @@ run_irv2() {
     --out "$OUT/$(.venv/bin/python -c 'from endoedge.bench.fingerprint import machine_fingerprint as f; print(f()["machine_id"])')/irv2-cpu-study.json"
 }
 
+run_resenet() {
+  # The trained RESENet: parity on the test split (never trained on) and a clip of it, latency with the
+  # Keras peers, and the pipeline with all cores and with one inference thread (a 2-core CPU).
+  local run=${RESENET_RUN:-runs/resenet-gastrovision3} bundle=${RESENET:-runs/resenet-bundle}
+  local data=train/data/gastrovision3.csv clip=runs/resenet-clip-test.mp4
+  if [[ ! -f "$bundle/manifest.json" ]]; then
+    "$ENDOEDGE" export "$run" -o "$bundle" --dataset "$data" --formats all-cpu --allow-parity-loss --calibration-size 128
+  fi
+  [[ -f "$clip" ]] || "$ENDOEDGE" datasets make-clip "$data" -o "$clip" --split test --per-class 3 --fps 10 --dwell 1.5
+  parity "$bundle" --data "$data" --split test --clip "$clip" --out "$OUT" "${WAIT[@]}"
+  "$ENDOEDGE" bench latency "$bundle" --data "$data" --threads 2 --batches 1,4 --runs 20 --seconds 3 \
+    --keras "$run/model.keras" --variant tflite:xnnpack=false --variant tflite:threads=1 \
+    --variant onnxruntime:threads=1 --out "$OUT" "${WAIT[@]}"
+  "$ENDOEDGE" bench pipeline "$bundle" --fps 30,60 --seconds 30 --backend tflite --out "$OUT" "${WAIT[@]}"
+  local one_thread
+  one_thread=$(mktemp -d)
+  "$ENDOEDGE" bench pipeline "$bundle" --fps 30,60 --seconds 30 --backend tflite --threads 1 --out "$one_thread" "${WAIT[@]}"
+  for result in "$one_thread"/*/*/pipeline.json; do
+    local folder="$OUT/$(basename "$(dirname "$(dirname "$result")")")/$(basename "$(dirname "$result")")"
+    cp "$result" "$folder/pipeline-threads1.json"
+    cp "${result%.json}.md" "$folder/pipeline-threads1.md"
+  done
+  rm -rf "$one_thread"
+}
+
 case "$WHAT" in
   demo) run_demo ;;
   irv2) run_irv2 ;;
+  resenet) run_resenet ;;
   all) run_demo; run_irv2 ;;
-  *) echo "usage: $0 [all|demo|irv2]" >&2; exit 2 ;;
+  *) echo "usage: $0 [all|demo|irv2|resenet]" >&2; exit 2 ;;
 esac
