@@ -48,6 +48,8 @@ RECIPES = {
     "trt-rr": Int8Recipe(calibration_method="minmax", reduce_range=True),
     "trt-percentile": Int8Recipe(calibration_method="percentile", percentile=99.99),
     "trt-p999": Int8Recipe(calibration_method="percentile", percentile=99.9),
+    "trt-p995": Int8Recipe(calibration_method="percentile", percentile=99.5),
+    "trt-p99": Int8Recipe(calibration_method="percentile", percentile=99.0),
     "trt-p99999": Int8Recipe(calibration_method="percentile", percentile=99.999),
     "trt-entropy": Int8Recipe(calibration_method="entropy"),
     "trt-per-tensor": Int8Recipe(calibration_method="minmax", per_channel=False),
