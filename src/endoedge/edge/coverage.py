@@ -138,10 +138,6 @@ def _exam_id(wall: float, counter: int) -> str:
     return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(wall)) + f"-{counter:03d}"
 
 
-#: Kept under its old name: the checks are the overlay's :class:`~endoedge.edge.types.ExamCheck`.
-QualityCheck = ExamCheck
-
-
 class CoverageTracker:
     """Which required sites an exam has observed, for how long, and which were photo-documented.
 

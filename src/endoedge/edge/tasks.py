@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from endoedge.core.errors import BundleError
+from endoedge.core.labels import LabelSet
 from endoedge.core.manifest import ModelManifest
 from endoedge.edge.config import CoverageTaskConfig, HemorrhoidTaskConfig, SmoothingConfig
 from endoedge.edge.coverage import CoverageTracker, ExamClock, FreezeDetector
@@ -303,9 +304,9 @@ class HemorrhoidTask(Task):
     def text(self, zh: bool = False) -> str | None:
         """Overlay text, e.g. ``"Internal hemorrhoid 0.93 · LDRf Rf1 0.81"`` (``zh``: Chinese label names)."""
 
-        def name(labelset: Any, index: int) -> str:
+        def name(labelset: LabelSet, index: int) -> str:
             label = labelset.labels[index]
-            return str(label.name_zh if zh and label.name_zh else label.name)
+            return label.name_zh if zh and label.name_zh else label.name
 
         if self.a_index is None:
             return None
