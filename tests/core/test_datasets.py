@@ -7,6 +7,7 @@ from collections import Counter
 import cv2
 import pytest
 
+from _helpers import shared_manifest_rows
 from endoedge.core.datasets import load_dataset, split_dataset
 from endoedge.core.errors import DatasetError
 from endoedge.core.importers import import_tree
@@ -15,9 +16,10 @@ from endoedge.core.labels import EGD30, GASTROVISION3
 
 def test_import_real_tree_and_split(shared_data, tmp_path) -> None:
     dataset, report = import_tree(shared_data)
+    expected = Counter(row["label"] for row in shared_manifest_rows(shared_data))
     assert dataset.labelset == GASTROVISION3
-    assert len(dataset) == 410
-    assert report.images == {"colon_normal_mucosa": 150, "colon_polyp": 150, "esophagus_normal": 110}
+    assert len(dataset) == sum(expected.values()) and expected["esophagus_normal"] > 0
+    assert report.images == dict(expected)
     path = dataset.write(tmp_path / "ds.csv")
     loaded = load_dataset(path)
     assert loaded.labels == dataset.labels
@@ -127,7 +129,8 @@ def test_cli_import_split_stats(shared_data, tmp_path) -> None:
     done = subprocess.run([*run, "split", str(out), "--seed", "7"], capture_output=True, text=True)
     assert done.returncode == 0 and "test" in done.stdout
     done = subprocess.run([*run, "stats", str(out)], capture_output=True, text=True)
-    assert "esophagus_normal" in done.stdout and "410" in done.stdout
+    total = len(shared_manifest_rows(shared_data))
+    assert "esophagus_normal" in done.stdout and f" {total}" in done.stdout
     bad = tmp_path / "bad.csv"
     bad.write_text("path,label\nmissing.jpg,colon_polyp\n")
     done = subprocess.run([*run, "stats", str(bad)], capture_output=True, text=True)

@@ -7,6 +7,7 @@ images: its outputs are confident and class-dependent, which parity checks need 
 
 from __future__ import annotations
 
+import csv
 import os
 from pathlib import Path
 
@@ -21,10 +22,20 @@ from endoedge.core.preprocess import PreprocessSpec, load_pixels, normalize
 TINY_SPEC = PreprocessSpec.for_family("inception", 64)
 
 
-def write_dataset_csv(image_root: Path, out: Path) -> Path:
-    """A dataset manifest of every image under ``image_root`` (folder per class)."""
+def write_dataset_csv(image_root: Path, out: Path, limit: int = 410) -> Path:
+    """A dataset manifest of the images under ``image_root`` (folder per class).
+
+    A root with a ``manifest.csv`` (the shared set) contributes its first ``limit`` rows, which never
+    change, so the tests sample the set instead of reading all of it; otherwise every ``*.jpg``.
+    """
     lines = ["# endoedge-dataset v1 labelset=gastrovision3", "path,label,split,patient_id"]
-    for path in sorted(image_root.rglob("*.jpg")):
+    if (image_root / "manifest.csv").is_file():
+        with (image_root / "manifest.csv").open(newline="", encoding="utf-8") as handle:
+            rows = list(csv.DictReader(handle))[:limit]
+        paths = sorted(image_root / row["path"] for row in rows)
+    else:
+        paths = sorted(image_root.rglob("*.jpg"))
+    for path in paths:
         lines.append(f"{path.resolve()},{path.parent.name},,")
     out.write_text("\n".join(lines) + "\n")
     return out

@@ -14,7 +14,7 @@ SHARED_DATA = Path(os.environ.get("ENDOEDGE_SHARED_DATA", ROOT.parent / "shared"
 
 @pytest.fixture(scope="session")
 def export_image_root(sample_dir: Path) -> Path:
-    """The 410 shared GastroVision images when present, else the 12 committed sample images."""
+    """The shared GastroVision images (the first 410 are used) when present, else the 12 committed samples."""
     return SHARED_DATA if (SHARED_DATA / "manifest.csv").is_file() else sample_dir
 
 

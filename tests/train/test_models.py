@@ -25,6 +25,9 @@ TINY: dict[str, tuple[int, dict[str, Any], dict[str, Any]]] = {
     "xception": (71, {}, {"freeze_backbone": True}),
     "resnet50v2": (32, {}, {"freeze_backbone": True}),
     "efficientnetv2s": (32, {}, {"freeze_backbone": True}),
+    "efficientnet_lite0": (32, {}, {}),
+    "efficientnet_lite1": (32, {}, {"freeze_backbone": True}),
+    "efficientnet_lite2": (32, {}, {"freeze_backbone": True}),
 }
 SLOW = {"xception", "resnet50v2", "efficientnetv2s"}
 
@@ -184,6 +187,21 @@ def test_saved_model_round_trips_with_custom_layers(tmp_path: Path) -> None:
     loaded = load_trained_model(path)
     x = np.random.default_rng(0).uniform(0, 255, (1, 75, 75, 3)).astype("float32")
     np.testing.assert_allclose(loaded.predict(x, verbose=0), built.model.predict(x, verbose=0), atol=1e-6)
+
+
+def test_the_saved_inference_copy_holds_no_optimizer_state(tmp_path: Path) -> None:
+    import io
+    import zipfile
+
+    import h5py
+
+    model = _train_two_steps("mobilenetv3s")  # compiled and fitted: Adam has its moment tensors
+    path = tmp_path / "model.keras"
+    inference_copy(model).save(str(path))
+    with zipfile.ZipFile(path) as archive, h5py.File(io.BytesIO(archive.read("model.weights.h5")), "r") as weights:
+        assert "optimizer" not in weights
+    x = np.random.default_rng(1).uniform(0, 255, (2, 48, 48, 3)).astype("float32")
+    np.testing.assert_allclose(load_trained_model(path).predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-6)
 
 
 def test_mixed_precision_keeps_float32_probabilities() -> None:

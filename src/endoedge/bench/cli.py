@@ -4,6 +4,7 @@
 
     endoedge bench parity BUNDLE --data DATASET.csv [--split test] [--clip clip.mp4] [--out benchmarks/results]
     endoedge bench latency BUNDLE [--data DATASET.csv] [--threads 1,2] [--batches 1,2,4,8] [--keras model.keras]
+        [--compare OTHER_BUNDLE]
     endoedge bench pipeline BUNDLE --clip clip.mp4 [--fps 30,60] [--seconds 20]
     endoedge bench fingerprint
 
@@ -17,12 +18,14 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from endoedge.core.errors import ConfigError
+from endoedge.core.fileio import atomic_write_text
 
 
 def _int_list(text: str) -> tuple[int, ...]:
@@ -108,6 +111,14 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
         help="extra batch-1 row with backend options, e.g. tflite:xnnpack=false or onnxruntime:optimization=basic",
     )
     p.add_argument("--no-peak", action="store_true", help="skip measuring the CPU's sgemm peak")
+    p.add_argument(
+        "--compare",
+        action="append",
+        default=[],
+        metavar="BUNDLE",
+        help="also measure this bundle in the same run (same settings, no peers) and print batch-1 p50 per "
+        "format side by side; repeatable",
+    )
 
     p = sub.add_parser("pipeline", help="the daemon on a replayed clip: fps, added video delay, overlay delay")
     common(p)
@@ -267,6 +278,7 @@ def _latency(args: argparse.Namespace) -> int:
     if any(b < 1 for b in args.batches):
         raise ConfigError("batch sizes must be >= 1", "--batches")
     bundle = open_bundle(args.bundle)
+    others = [open_bundle(path) for path in args.compare]  # fail on a bad bundle before measuring anything
     pixels, pixel_source = latency_pixels(args.data, bundle.manifest.preprocess)
     settings = LatencySettings(
         formats=tuple(args.formats),
@@ -298,6 +310,41 @@ def _latency(args: argparse.Namespace) -> int:
         rep.latency_markdown(report),
         lambda: rep.latency_chart(report),
     )
+    reports = [report]
+    for other in others:
+        # The same settings on the other bundle's own inputs, right after, on the same machine: the
+        # comparison is between models, not between sessions. Peers are the first bundle's business.
+        other_pixels, other_source = latency_pixels(args.data, other.manifest.preprocess)
+        other_settings = replace(settings, formats=(), peers=(), keras_path=None, variants=(), measure_peak=False)
+        before = _conditions(args)
+        other_rows, other_extra = run_latency(other, other_pixels, other_settings, progress=_say)
+        other_report: dict[str, Any] = {
+            "bundle": other.manifest.name,
+            "bundle_path": str(other.path),
+            "inputs": other_source,
+            "plan": plan.to_dict(),
+            "rows": [r.to_dict() for r in other_rows],
+            **other_extra,
+            "conditions": _finish_conditions(before),
+            "machine": machine_fingerprint(),
+        }
+        _emit(
+            args,
+            "latency",
+            other_report,
+            rep.latency_text(other_report),
+            rep.latency_markdown(other_report),
+            lambda r=other_report: rep.latency_chart(r),
+        )
+        reports.append(other_report)
+    if len(reports) > 1:
+        comparison = rep.latency_comparison_markdown(reports)
+        print(comparison)
+        if args.out:
+            target = Path(args.out) / report["machine"]["machine_id"] / report["bundle"]
+            name = "latency-vs-" + "-".join(r["bundle"] for r in reports[1:]) + ".md"
+            atomic_write_text(target / name, comparison)
+            print(f"comparison written to {target / name}", file=sys.stderr)
     return 0
 
 

@@ -234,6 +234,38 @@ def latency_rows(report: Mapping[str, Any]) -> list[list[Any]]:
     return rows
 
 
+def latency_comparison_markdown(reports: Sequence[Mapping[str, Any]]) -> str:
+    """Batch-1 p50 of endoedge's own rows, one row per format and thread count, one column per bundle."""
+    names = [r["bundle"] for r in reports]
+    cells: dict[tuple[str, Any], dict[str, float]] = {}
+    for report in reports:
+        for row in report["rows"]:
+            if row["subject"] == "endoedge" and row["batch"] == 1 and row.get("timing"):
+                cells.setdefault((row["format"], row["threads"]), {})[report["bundle"]] = row["timing"]["p50_ms"]
+    headers = ["format", "threads", *(f"{n} p50 ms" for n in names)]
+    if len(names) == 2:
+        headers.append(f"{names[0]} / {names[1]}")
+    rows = []
+    for (fmt, threads), by_bundle in sorted(cells.items(), key=lambda kv: (kv[0][0], kv[0][1] or 0)):
+        line: list[Any] = [fmt, threads or "dflt", *(by_bundle.get(n) for n in names)]
+        if len(names) == 2:
+            a, b = by_bundle.get(names[0]), by_bundle.get(names[1])
+            line.append(f"{a / b:.2f}x" if a and b else "")
+        rows.append(line)
+    machine = reports[0]["machine"]
+    lines = [
+        f"# Latency, batch 1: {' vs '.join(names)}",
+        "",
+        f"Measured one after the other in one `endoedge bench latency --compare` run on "
+        f"{machine.get('cpu_model', 'this CPU')} ({machine['machine_id']}); median (p50) of each format's "
+        "own backend, preprocessing excluded.",
+        "",
+        markdown_table(headers, rows),
+        "",
+    ]
+    return "\n".join(lines)
+
+
 def _conditions(report: Mapping[str, Any]) -> str:
     c = report.get("conditions", {})
     if not c:

@@ -49,6 +49,8 @@ NORMALIZATIONS: Mapping[str, tuple[tuple[float, float, float], tuple[float, floa
     "caffe": ((123.68, 116.779, 103.939), (1.0, 1.0, 1.0)),
     "torch": ((123.675, 116.28, 103.53), (58.395, 57.12, 57.375)),
     "unit": ((0.0, 0.0, 0.0), (255.0, 255.0, 255.0)),
+    # EfficientNet-Lite's (x - 127) / 128 (Google's reference preprocessing for the Lite family).
+    "lite": ((127.0, 127.0, 127.0), (128.0, 128.0, 128.0)),
     "raw": ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),
 }
 

@@ -18,7 +18,11 @@ def main(argv: Sequence[str], prog: str = "endoedge train") -> int:
     parser.add_argument("--epochs", type=int, help="override training.epochs (smoke runs)")
     parser.add_argument("--overwrite", action="store_true", help="retrain over a finished run")
     parser.add_argument("--no-evaluate", action="store_true", help="skip the held-out evaluation at the end")
-    parser.add_argument("--check", action="store_true", help="only validate the recipe and its dataset")
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="only validate the recipe, its pretrained weights (downloading them if needed) and its dataset",
+    )
     parser.add_argument("--quiet", action="store_true", help="one line per epoch instead of progress bars")
     args = parser.parse_args(list(argv))
 
@@ -29,8 +33,12 @@ def main(argv: Sequence[str], prog: str = "endoedge train") -> int:
         from endoedge.core.datasets import dataset_stats, load_dataset
         from endoedge.core.errors import ConfigError
         from endoedge.train.models import get_spec
+        from endoedge.train.pretrained import resolve_weights
 
         get_spec(recipe.model.name)
+        weights = resolve_weights(recipe.model.name, recipe.weights_source)
+        if weights is not None:
+            print(f"pretrained weights: {weights.path} (sha256 {weights.provenance['sha256']})")
         if not recipe.dataset_path.is_file():
             raise ConfigError(f"dataset manifest {recipe.dataset_path} does not exist", f"{args.config}: dataset")
         print(dataset_stats(load_dataset(recipe.dataset_path, labelset=recipe.labelset)))

@@ -78,44 +78,69 @@ def predict(
     return np.concatenate(outs).astype(np.float32), time.perf_counter() - start
 
 
-def confusion_png(matrix: np.ndarray, labels: Sequence[str], title: str, path: Path) -> Path:
-    """Write the counts and the row-normalised confusion matrix side by side as a PNG."""
-    import matplotlib
+def _blues(value: float) -> tuple[int, int, int]:
+    """A white-to-blue ramp (BGR) for a value in [0, 1]."""
+    v = min(1.0, max(0.0, value))
+    white, blue = np.array([251.0, 248.0, 247.0]), np.array([107.0, 48.0, 8.0])  # BGR
+    return tuple(int(c) for c in white + (blue - white) * v)  # type: ignore[return-value]
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+
+def _confusion_panel(data: np.ndarray, labels: Sequence[str], title: str, fmt: str, vmax: float) -> np.ndarray:
+    """One heat-map panel drawn with OpenCV: rows are the truth, columns the prediction."""
+    import cv2
 
     n = len(labels)
-    rows = matrix.sum(axis=1, keepdims=True)
-    normalised = np.divide(matrix, rows, out=np.zeros_like(matrix, dtype=np.float64), where=rows > 0)
-    size = max(4.0, 0.45 * n + 2.5)
-    fig, axes = plt.subplots(1, 2, figsize=(2 * size + 1, size), dpi=100)
-    for ax, data, fmt, sub in ((axes[0], matrix, "d", "counts"), (axes[1], normalised, ".2f", "row-normalised")):
-        image = ax.imshow(data, cmap="Blues", vmin=0, vmax=max(1e-9, float(data.max())) if fmt == "d" else 1.0)
-        ax.set_xticks(range(n), labels, rotation=60 if n > 4 else 20, ha="right", fontsize=7 if n > 10 else 9)
-        ax.set_yticks(range(n), labels, fontsize=7 if n > 10 else 9)
-        ax.set_xlabel("predicted")
-        ax.set_ylabel("true")
-        ax.set_title(f"{title} — {sub}", fontsize=10)
-        if n <= 12:
-            threshold = data.max() / 2 if data.max() else 0.5
-            for i in range(n):
-                for j in range(n):
-                    ax.text(
-                        j,
-                        i,
-                        format(data[i, j], fmt),
-                        ha="center",
-                        va="center",
-                        fontsize=8,
-                        color="white" if data[i, j] > threshold else "black",
-                    )
-        fig.colorbar(image, ax=ax, fraction=0.046)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    cell = 56 if n <= 6 else 40 if n <= 12 else 22
+    font, scale = cv2.FONT_HERSHEY_SIMPLEX, 0.42
+    row_names = [f"{i} {name}" for i, name in enumerate(labels)]
+    left = 16 + max(cv2.getTextSize(t, font, scale, 1)[0][0] for t in row_names)
+    top, width, height = 64, left + n * cell + 16, 64 + n * cell + 40
+    panel = np.full((height, width, 3), 255, np.uint8)
+    cv2.putText(panel, title, (10, 22), font, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
+    cv2.putText(panel, "predicted (column = class index)", (left, 48), font, scale, (60, 60, 60), 1, cv2.LINE_AA)
+    for i in range(n):
+        y = top + i * cell
+        size = cv2.getTextSize(row_names[i], font, scale, 1)[0]
+        cv2.putText(
+            panel, row_names[i], (left - 8 - size[0], y + cell // 2 + 5), font, scale, (0, 0, 0), 1, cv2.LINE_AA
+        )
+        cv2.putText(panel, str(i), (left + i * cell + cell // 2 - 4, top - 4), font, scale, (0, 0, 0), 1, cv2.LINE_AA)
+        for j in range(n):
+            x = left + j * cell
+            share = float(data[i, j]) / vmax if vmax > 0 else 0.0
+            cv2.rectangle(panel, (x, y), (x + cell - 1, y + cell - 1), _blues(share), -1)
+            if n <= 12:
+                text = format(data[i, j], fmt)
+                colour = (255, 255, 255) if share > 0.5 else (0, 0, 0)
+                size = cv2.getTextSize(text, font, scale, 1)[0]
+                org = (x + (cell - size[0]) // 2, y + (cell + size[1]) // 2)
+                cv2.putText(panel, text, org, font, scale, colour, 1, cv2.LINE_AA)
+    cv2.rectangle(panel, (left, top), (left + n * cell - 1, top + n * cell - 1), (120, 120, 120), 1)
+    cv2.putText(panel, "true (row)", (10, height - 14), font, scale, (60, 60, 60), 1, cv2.LINE_AA)
+    return panel
+
+
+def confusion_png(matrix: np.ndarray, labels: Sequence[str], title: str, path: Path) -> Path:
+    """Write the counts and the row-normalised confusion matrix side by side as a PNG.
+
+    Drawn with OpenCV (no matplotlib), so the TensorFlow-free edge install writes the same report.
+    Hershey fonts are ASCII only: non-ASCII class names are replaced by their index.
+    """
+    import cv2
+
+    counts = np.asarray(matrix, dtype=np.int64)
+    rows = counts.sum(axis=1, keepdims=True)
+    normalised = np.divide(counts, rows, out=np.zeros_like(counts, dtype=np.float64), where=rows > 0)
+    names = [name if name.isascii() else f"class {i}" for i, name in enumerate(labels)]
+    caption = title if title.isascii() else "confusion matrix"
+    left = _confusion_panel(counts, names, f"{caption} - counts", "d", float(max(1, counts.max())))
+    right = _confusion_panel(normalised, names, f"{caption} - row-normalised", ".2f", 1.0)
+    height = max(left.shape[0], right.shape[0])
+    pad = [np.pad(p, ((0, height - p.shape[0]), (0, 0), (0, 0)), constant_values=255) for p in (left, right)]
+    ok, encoded = cv2.imencode(".png", np.hstack(pad))
+    if not ok:
+        raise RuntimeError("PNG encoding failed")
+    atomic_write_bytes(path, encoded.tobytes())
     return path
 
 

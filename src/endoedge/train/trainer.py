@@ -227,7 +227,13 @@ def train(
     import tensorflow as tf
 
     from endoedge.train import data, models
+    from endoedge.train.pretrained import resolve_weights
 
+    # Pretrained weights first: a missing package, a failed download or a wrong file stops the run
+    # here, before a run folder is touched or any image is read.
+    weights = resolve_weights(recipe.model.name, recipe.weights_source)
+    if weights is not None:
+        log(f"pretrained weights: {weights.provenance['file']} (sha256 {weights.provenance['sha256'][:12]}…)")
     run_dir = recipe.run_dir(runs_dir)
     resuming = _prepare_run_dir(run_dir, overwrite, log)
     atomic_write_text(run_dir / "config.yaml", recipe.to_yaml())
@@ -249,7 +255,7 @@ def train(
             activation=recipe.model.activation,
             normalization=recipe.model.normalization,
             normalization_in_model=recipe.model.normalization_in_model,
-            weights=recipe.weights_path,
+            weights=weights,
             freeze_backbone=recipe.model.freeze_backbone,
             head=recipe.model.head or None,
             dropout=recipe.model.dropout,
@@ -401,6 +407,7 @@ def train(
             "recipe_sha256": sha256_file(run_dir / "config.yaml"),
             "architecture": recipe.model.name,
             "normalization_in_model": recipe.model.normalization_in_model,
+            "pretrained": built.pretrained,
             "skipped_images": len(skipped),
             "resumed": resuming,
         },
