@@ -5,7 +5,7 @@ ONNX Runtime's providers, LiteRT and whether its XNNPACK delegate takes the bund
 and which GStreamer elements the daemon's sources and sinks need are present. Every import is
 guarded: a missing runtime is a finding, reported as an error string.
 
-    .venv-edge/bin/python benchmarks/arm64/probe.py [BUNDLE]
+    .venv-edge/bin/python benchmarks/arm64/probe.py [BUNDLE [OUT.json]]
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ def numpy_info() -> dict[str, Any]:
         "version": np.__version__,
         "simd_baseline": list(__cpu_baseline__),
         "simd_found": sorted(k for k, v in __cpu_features__.items() if v),
-        "matmul_ok": bool(abs(float((np.ones((64, 64), np.float32) @ np.ones((64, 64), np.float32))[0, 0]) - 64) < 1e-6),
+        "matmul_ok": bool(np.all((np.ones((64, 64), np.float32) @ np.ones((64, 64), np.float32)) == 64)),
     }
 
 
@@ -125,7 +125,10 @@ def main() -> int:
         "litert": guarded(lambda: litert_info(bundle)),
         "gstreamer": guarded(gstreamer_info),
     }
-    print(json.dumps(report, indent=2))
+    text = json.dumps(report, indent=2)
+    print(text)
+    if len(sys.argv) > 2:
+        Path(sys.argv[2]).write_text(text + "\n")
     return 0
 
 

@@ -26,7 +26,7 @@ STEP_TITLES = {
     "bundle-verify": "`endoedge bundle verify`",
     "parity": "`endoedge bench parity --reference bundle`",
     "demo": "`endoedge demo --quick --no-window`",
-    "evaluate": "`endoedge evaluate`",
+    "evaluate": "`endoedge evaluate BUNDLE --data DATA` (no TensorFlow)",
     "jp6-constraints": "constraints.txt evaluated for Python 3.10 (JetPack 6)",
     "jp6-resolve": "`pip download` of the edge stack for cp310 / manylinux_2_35_aarch64",
     "jp6-install": "a second venv with JetPack 6's pins (numpy, ONNX Runtime for 3.10)",
@@ -131,6 +131,13 @@ def parity_section(out: Path, bench_dir: str, manifest: dict[str, Any] | None) -
             f"{_pct(m.get('top1_agreement'))} | {_num(m.get('max_abs_diff'))} | {_num(m.get('mean_abs_diff'))} | "
             f"{_pct(rec.get('agreement'))} | {_num(rec.get('max_abs_delta'))} |"
         )
+    problems = report.get("problems") or []
+    if problems:
+        reasons: dict[str, int] = {}
+        for problem in problems:
+            reason = problem.rsplit(": ", 1)[-1]
+            reasons[reason] = reasons.get(reason, 0) + 1
+        lines += ["", "Images of the reference left out: " + "; ".join(f"{n} × {r}" for r, n in reasons.items()) + "."]
     return "\n".join(lines)
 
 
@@ -143,11 +150,10 @@ def _num(value: Any) -> str:
 
 
 def probe_section(out: Path) -> str:
-    text = read(out, "probe.log")
-    start = text.find("{")
-    if start < 0:
-        return "The probe did not run."
-    probe = json.loads(text[start:])
+    try:
+        probe = json.loads(read(out, "probe.json"))
+    except ValueError:
+        return "The probe did not finish:\n\n" + block(read(out, "probe.log") or "(no output)", tail=15)
     lines = []
     np_ = probe.get("numpy", {})
     if "error" in np_:

@@ -13,8 +13,10 @@
 #   ARM64_ROOTFS   cached root file system (default /work/cache/arm64-rootfs; `rm -rf` it to rebuild)
 #   ARM64_SUITE    Debian suite (default bookworm), ARM64_MIRROR (default http://deb.debian.org/debian)
 #   ARM64_MODE     auto | chroot (binfmt_misc + chroot) | proot (proot -q qemu-aarch64-static)
-#   BUNDLE         bundle to run (default export/bundles/gastrovision3-mobilenetv3)
-#   DATA           dataset manifest with the bundle's parity images (default train/data/gastrovision3.csv)
+#   ARM64_CPU      CPU qemu emulates: neoverse-n1 (default), cortex-a76 or cortex-a72 (see README.md)
+#   BUNDLE         bundle to run (default: endoedge demo's, export/bundles/...)
+#   DATA           dataset manifest with the bundle's parity images (default: the train/data/ file its
+#                  parity reference names)
 #   RESULTS        where to write the results (default benchmarks/arm64/RESULTS.md; '-' for stdout only)
 #   NICE           niceness of the emulated steps (default 10: the machine may be shared)
 set -euo pipefail
@@ -25,8 +27,11 @@ ROOTFS=${ARM64_ROOTFS:-/work/cache/arm64-rootfs}
 SUITE=${ARM64_SUITE:-bookworm}
 MIRROR=${ARM64_MIRROR:-http://deb.debian.org/debian}
 MODE=${ARM64_MODE:-auto}
-BUNDLE=${BUNDLE:-export/bundles/gastrovision3-mobilenetv3}
-DATA=${DATA:-train/data/gastrovision3.csv}
+CPU=${ARM64_CPU:-neoverse-n1}
+# The bundled default is the one `endoedge demo` runs; the dataset is the one its parity reference names.
+BUNDLE=${BUNDLE:-$(sed -n 's/^DEFAULT_BUNDLE = Path("\(.*\)")$/\1/p' src/endoedge/edge/demo.py)}
+DATA=${DATA:-train/data/$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["dataset"]["file"])' \
+  "$BUNDLE/parity_reference.json" 2>/dev/null || echo gastrovision3.csv)}
 RESULTS=${RESULTS:-benchmarks/arm64/RESULTS.md}
 NICE=${NICE:-10}
 # Where the checkout goes inside the root: the dataset manifests' image paths are relative
@@ -84,7 +89,29 @@ case "$MODE" in
   proot) ;;
   *) die "ARM64_MODE must be auto, chroot or proot" ;;
 esac
-say "emulation: $MODE ($("$QEMU" --version | head -n 1))"
+say "emulation: $MODE, CPU $CPU ($("$QEMU" --version | head -n 1))"
+
+# The CPU: qemu's default ("max") has SVE and SME, which no Jetson has; under it numpy's float32 matmul
+# returned NaN here. Jetson Orin's Cortex-A78AE is an ARMv8.2 core with FP16 and dot product and no SVE:
+# Neoverse-N1 has the same extensions. qemu 7.2 also passes the host's x86 /proc/cpuinfo through, on
+# which ONNX Runtime's CPU detection (pytorch/cpuinfo) crashes at import: the guest gets an arm64
+# /proc/cpuinfo describing the emulated core, as the kernel of such a machine would write it.
+case "$CPU" in
+  neoverse-n1) cpu_part=0xd0c cpu_variant=0x3 cpu_rev=1
+    cpu_features="fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm lrcpc dcpop asimddp ssbs" ;;
+  cortex-a76) cpu_part=0xd0b cpu_variant=0x4 cpu_rev=1
+    cpu_features="fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm lrcpc dcpop asimddp" ;;
+  cortex-a72) cpu_part=0xd08 cpu_variant=0x0 cpu_rev=3
+    cpu_features="fp asimd evtstrm aes pmull sha1 sha2 crc32 cpuid" ;;
+  *) die "ARM64_CPU must be neoverse-n1, cortex-a76 or cortex-a72 (a /proc/cpuinfo is written for each)" ;;
+esac
+write_cpuinfo() {
+  local i
+  for ((i = 0; i < $(nproc); i++)); do
+    printf 'processor\t: %d\nBogoMIPS\t: 50.00\nFeatures\t: %s\nCPU implementer\t: 0x41\n' "$i" "$cpu_features"
+    printf 'CPU architecture: 8\nCPU variant\t: %s\nCPU part\t: %s\nCPU revision\t: %s\n\n' "$cpu_variant" "$cpu_part" "$cpu_rev"
+  done >"$ROOTFS/.endoedge-cpuinfo"
+}
 
 mounted=()
 cleanup() {
@@ -107,6 +134,11 @@ mount_guest() {
   [[ $MODE == chroot ]] || return 0
   mkdir -p "$ROOTFS/proc" "$ROOTFS/sys" "$ROOTFS/dev"
   if ! mountpoint -q "$ROOTFS/proc"; then mount -t proc proc "$ROOTFS/proc"; mounted+=("$ROOTFS/proc"); fi
+  if ! mountpoint -q "$ROOTFS/proc/cpuinfo"; then
+    write_cpuinfo
+    mount --bind "$ROOTFS/.endoedge-cpuinfo" "$ROOTFS/proc/cpuinfo"
+    mounted+=("$ROOTFS/proc/cpuinfo")
+  fi
   bind /sys /sys ro
   bind /dev /dev
   [[ -d /dev/pts ]] && bind /dev/pts /dev/pts
@@ -114,7 +146,7 @@ mount_guest() {
 }
 
 # The environment inside: nothing of the host's (its pip settings point at x86 wheel folders).
-GUEST_ENV=(env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8
+GUEST_ENV=(env -i QEMU_CPU="$CPU" PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8
   TERM=dumb PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_DEFAULT_TIMEOUT=180 PIP_ROOT_USER_ACTION=ignore)
 guest() {  # guest [-w DIR] CMD...: run CMD inside the arm64 root
   local dir=/
@@ -122,7 +154,8 @@ guest() {  # guest [-w DIR] CMD...: run CMD inside the arm64 root
   if [[ $MODE == chroot ]]; then
     nice -n "$NICE" chroot "$ROOTFS" "${GUEST_ENV[@]}" /bin/sh -c 'cd "$0" && exec "$@"' "$dir" "$@"
   else
-    local binds=(-b /proc -b /sys -b /dev)
+    write_cpuinfo
+    local binds=(-b /proc -b /sys -b /dev -b "$ROOTFS/.endoedge-cpuinfo:/proc/cpuinfo")
     [[ -d $SHARED ]] && binds+=(-b "$SHARED:/work/shared")
     nice -n "$NICE" proot -0 -q "$QEMU" -r "$ROOTFS" "${binds[@]}" -w "$dir" "${GUEST_ENV[@]}" "$@"
   fi
@@ -166,6 +199,19 @@ if [[ ! -f $ROOTFS/.endoedge-rootfs || $(cat "$ROOTFS/.endoedge-rootfs") != "$RO
     --no-install-recommends ${ROOT_PACKAGES//,/ } && apt-get clean && rm -rf /var/lib/apt/lists/*"
   echo "$ROOT_STAMP" >"$ROOTFS/.endoedge-rootfs"
 fi
+# Certificate authorities this host's administrator added (e.g. for a TLS-inspecting proxy in front of
+# PyPI) go into the guest's store the same way, or pip inside cannot reach PyPI.
+host_cas=(/usr/local/share/ca-certificates/*.crt)
+if [[ -e ${host_cas[0]} ]]; then
+  ca_stamp=$(cat "${host_cas[@]}" | sha256sum | cut -d' ' -f1)
+  if [[ $(cat "$ROOTFS/.endoedge-host-cas" 2>/dev/null) != "$ca_stamp" ]]; then
+    say "adding the host's local CA certificates to the guest's store"
+    mkdir -p "$ROOTFS/usr/local/share/ca-certificates"
+    cp "${host_cas[@]}" "$ROOTFS/usr/local/share/ca-certificates/"
+    guest update-ca-certificates >/dev/null
+    echo "$ca_stamp" >"$ROOTFS/.endoedge-host-cas"
+  fi
+fi
 t_rootfs=$(($(date +%s) - t_start))
 say "root file system ready (${t_rootfs}s): $(guest /usr/bin/python3 -c 'import platform; print(platform.machine(), platform.python_version())')"
 
@@ -203,12 +249,14 @@ ok venv && step pip-install "$PY" -m pip install -c constraints.txt --report "$O
 if ok pip-install; then
   step pip-freeze "$PY" -m pip list --format=freeze
   step pip-check "$PY" -m pip check
-  step probe "$PY" benchmarks/arm64/probe.py "$BUNDLE"
+  step probe "$PY" benchmarks/arm64/probe.py "$BUNDLE" "$OUT_GUEST/probe.json"
   step bundle-verify "$VENV/bin/endoedge" bundle verify "$BUNDLE"
   step parity "$VENV/bin/endoedge" bench parity "$BUNDLE" --data "$DATA" --reference bundle --out "$OUT_GUEST/bench"
   step demo "$VENV/bin/endoedge" demo --quick --no-window --out "$OUT_GUEST/demo"
-  if guest -w "$GUEST_SRC" "$VENV/bin/endoedge" evaluate --help >"$OUT/evaluate-help.log" 2>&1; then
-    step evaluate "$VENV/bin/endoedge" evaluate "$BUNDLE" --data "$DATA" --split test
+  # `endoedge evaluate BUNDLE` (no TensorFlow) where this version has it; older ones evaluate runs only.
+  guest -w "$GUEST_SRC" "$VENV/bin/endoedge" evaluate --help >"$OUT/evaluate-help.log" 2>&1 || true
+  if grep -qi "bundle" "$OUT/evaluate-help.log"; then
+    step evaluate "$VENV/bin/endoedge" evaluate "$BUNDLE" --data "$DATA" -o "$OUT_GUEST/evaluate"
   fi
 fi
 # JetPack 6's Python 3.10 takes other pins from constraints.txt (numpy, ONNX Runtime) than Debian's 3.11.
@@ -255,6 +303,7 @@ t_total=$(($(date +%s) - t_start))
   echo "guest_seconds=$(($(date +%s) - t_guest))"
   echo "total_seconds=$t_total"
   echo "mode=$MODE"
+  echo "cpu=$CPU"
   echo "qemu=$("$QEMU" --version | head -n 1)"
   echo "host=$(uname -srm); $(. /etc/os-release && echo "$PRETTY_NAME")"
   echo "host_cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'), $(nproc) cores"
