@@ -23,10 +23,10 @@ from daemon_helpers import (
 )
 
 from endoedge.core.synthetic import field_polygon_mask
-from endoedge.edge.daemon import Daemon, LatencyWindow, Mailbox, RateMeter
-from endoedge.edge.sinks import open_sink
-from endoedge.edge.sources import open_source
+from endoedge.edge.service.daemon import Daemon, LatencyWindow, Mailbox, RateMeter
 from endoedge.edge.types import Frame
+from endoedge.edge.video.sinks import open_sink
+from endoedge.edge.video.sources import open_source
 
 
 @pytest.fixture(scope="module")
@@ -561,7 +561,7 @@ def test_the_processor_freeze_counts_as_a_photo_of_the_site(tmp_path, tiny_bundl
 
 def test_an_exam_whose_end_was_recorded_is_reported_not_resumed_after_a_crash(tmp_path, tiny_bundle, clip):
     """The state a SIGKILL leaves between POST /exam/end and the report: the end record and a checkpoint."""
-    from endoedge.edge.report import CheckpointStore
+    from endoedge.edge.service.report import CheckpointStore
 
     store = CheckpointStore(tmp_path / "state")
     summary = {"exam_id": "E1", "running": False, "elapsed_s": 42.0, "end_reason": "api", "tasks": {}}
@@ -581,7 +581,7 @@ def test_an_exam_whose_end_was_recorded_is_reported_not_resumed_after_a_crash(tm
 
 
 def test_ending_an_exam_over_http_records_the_end_before_answering(tmp_path, tiny_bundle, clip):
-    from endoedge.edge.report import CheckpointStore
+    from endoedge.edge.service.report import CheckpointStore
 
     config = make_config(tmp_path, clip, tiny_bundle, status={"enabled": False}, source={"loop": True})
     daemon = Daemon(config, sink=null_sink())
@@ -648,7 +648,7 @@ def test_inference_threads_and_their_pools_run_below_the_display_loop(tmp_path, 
 def test_pixels_are_prepared_ahead_by_the_preparer_and_match_the_manifest(tmp_path, tiny_bundle, clip, monkeypatch):
     """A model slower than a frame runs back to back: its pixels are prepared in another thread, and they
     are exactly what the manifest's preprocessing makes of the frame."""
-    import endoedge.edge.daemon as daemon_module
+    import endoedge.edge.service.daemon as daemon_module
     from endoedge.core.preprocess import prepare_pixels
 
     threads: list[str] = []
@@ -685,7 +685,7 @@ def test_pixels_are_prepared_ahead_by_the_preparer_and_match_the_manifest(tmp_pa
 
 def test_status_names_the_bundle_version_running_after_current_is_switched(tmp_path, tiny_bundle, clip):
     from endoedge.core.fileio import sha256_file
-    from endoedge.edge.bundle_store import install_bundle
+    from endoedge.edge.box.bundle_store import install_bundle
 
     store = tmp_path / "store"
     first = install_bundle(tiny_bundle, store)
@@ -722,7 +722,7 @@ def test_status_names_the_bundle_version_running_after_current_is_switched(tmp_p
 
 
 def test_fresh_pacing_waits_for_a_frame_prepared_after_each_inference(tmp_path, tiny_bundle, clip, monkeypatch):
-    import endoedge.edge.daemon as daemon_module
+    import endoedge.edge.service.daemon as daemon_module
 
     calls = {"discard": 0, "take": 0}
     real_discard, real_take = daemon_module.Mailbox.discard, daemon_module.Mailbox.take

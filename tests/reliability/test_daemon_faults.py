@@ -37,7 +37,7 @@ from _daemon_harness import (
 
 from endoedge.core.synthetic import TowerLayout
 
-pytest.importorskip("endoedge.edge.daemon", reason="the daemon module is not built yet")
+pytest.importorskip("endoedge.edge.service.daemon", reason="the daemon module is not built yet")
 pytest.importorskip("ai_edge_litert", reason="the daemon tests run the real LiteRT backend")
 
 GST_LAUNCH = shutil.which("gst-launch-1.0")

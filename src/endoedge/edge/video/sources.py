@@ -567,7 +567,7 @@ def v4l2_gst_pipeline(
     if height:
         fields.append(f"height={height}")
     if fps:
-        from endoedge.edge.gst import caps_framerate
+        from endoedge.edge.video.gst import caps_framerate
 
         fields.append(f"framerate={caps_framerate(fps)}")
     extra = "".join("," + f for f in fields)
@@ -593,7 +593,7 @@ def v4l2_gst_pipeline(
 
 
 class GstSource:
-    """A GStreamer capture pipeline ending in ``appsink`` (see :class:`endoedge.edge.gst.AppSinkPipeline`).
+    """A GStreamer capture pipeline ending in ``appsink`` (see :class:`endoedge.edge.video.gst.AppSinkPipeline`).
 
     Args:
         uri: The source URI (for messages).
@@ -615,7 +615,7 @@ class GstSource:
         sync: bool = False,
         start_timeout: float = 5.0,
     ) -> None:
-        from endoedge.edge.gst import AppSinkPipeline
+        from endoedge.edge.video.gst import AppSinkPipeline
 
         if "appsink" not in pipeline:
             pipeline = f"{pipeline} ! videoconvert ! appsink name=endoedge_sink"
@@ -892,7 +892,7 @@ def _open_v4l2(uri: str, target: str, o: dict[str, Any]) -> Source:
         if not os.path.exists(target):
             present = ", ".join(v4l2_devices()) or "none"
             raise SourceError(f"no such capture device (video devices present: {present})", target)
-        from endoedge.edge.gst import is_jetson
+        from endoedge.edge.video.gst import is_jetson
 
         pipeline = v4l2_gst_pipeline(target, o["fourcc"], o["width"], o["height"], o["fps"], jetson=is_jetson())
         return GstSource(uri, pipeline, fps=o["fps"])
@@ -909,7 +909,7 @@ def _open_rtsp(uri: str, target: str, o: dict[str, Any]) -> Source:
         return FfmpegStreamSource(stream, open_timeout=o["start_timeout"], read_timeout=o["start_timeout"])
     if o["backend"] != "gst":
         raise ConfigError(f"backend must be gst or ffmpeg, got {o['backend']!r}", uri)
-    from endoedge.edge.gst import is_jetson
+    from endoedge.edge.video.gst import is_jetson
 
     pipeline = rtsp_gst_pipeline(stream, o["latency"], o["transport"], jetson=is_jetson())
     return GstSource(uri, pipeline, start_timeout=o["start_timeout"])

@@ -1,10 +1,10 @@
 """``endoedge demo``: the real daemon on the bundled sample clip with the bundled default model.
 
-What runs is exactly what ``endoedge run`` runs (:class:`endoedge.edge.daemon.Daemon` with the real file
+What runs is exactly what ``endoedge run`` runs (:class:`endoedge.edge.service.daemon.Daemon` with the real file
 source, inference worker, smoothing, coverage, exam clock, overlay renderer, recorder and procedure
 report); the demo only chooses the inputs and watches the output through the daemon's public hooks:
 
-* the source is opened with :func:`endoedge.edge.sources.open_source` and wrapped to remember which clip
+* the source is opened with :func:`endoedge.edge.video.sources.open_source` and wrapped to remember which clip
   frame each capture time belongs to;
 * the overlay renderer is wrapped to remember what the overlay showed on each frame;
 * the sink fans out to the product's own recorder (``file://…/overlay.mp4``) and, with a display or
@@ -45,7 +45,8 @@ from endoedge.core.errors import EndoedgeError, MissingDependencyError, one_line
 from endoedge.core.fileio import atomic_write_bytes, atomic_write_json
 from endoedge.core.manifest import ModelManifest
 from endoedge.core.preprocess import FieldROI
-from endoedge.edge.types import Frame, OverlayState, Sink, Source
+from endoedge.edge.stages.types import OverlayState
+from endoedge.edge.types import Frame, Sink, Source
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,7 @@ DEMO_MIN_INSPECTION_MIN = 0.5
 
 def repository_root() -> Path | None:
     """The source checkout this package runs from (an editable install), or ``None``."""
-    for candidate in (Path.cwd(), Path(__file__).resolve().parents[3]):
+    for candidate in (Path.cwd(), Path(__file__).resolve().parents[4]):
         if (candidate / DEFAULT_BUNDLE / "manifest.json").is_file() or (candidate / DEFAULT_CLIP).is_file():
             return candidate
     return None
@@ -404,10 +405,10 @@ def run_demo(opts: DemoOptions) -> DemoResult:
         EndoedgeError: Missing bundle or clip, a bundle the daemon refuses, an unusable output folder.
     """
     from endoedge.edge.config import config_from_dict
-    from endoedge.edge.daemon import Daemon
-    from endoedge.edge.overlay import OverlayRenderer
-    from endoedge.edge.sinks import open_sink
-    from endoedge.edge.sources import open_source
+    from endoedge.edge.service.daemon import Daemon
+    from endoedge.edge.stages.overlay import OverlayRenderer
+    from endoedge.edge.video.sinks import open_sink
+    from endoedge.edge.video.sources import open_source
 
     bundle = _resolve(opts.bundle, "model bundle", "--bundle")
     clip = _resolve(opts.clip, "sample clip", "--clip")
@@ -652,7 +653,7 @@ def main(argv: Sequence[str], prog: str = "endoedge demo") -> int:
         verbose=args.verbose,
     )
     if options.verbose:
-        from endoedge.edge.cli import setup_logging
+        from endoedge.edge.service.run_cli import setup_logging
 
         setup_logging("info")
     else:

@@ -13,7 +13,7 @@ Threads:
   cut by the preprocessing of 1080p frames.
 * **Inference workers** (one per task): take the newest prepared frame (frames overwritten before they
   were taken, at either stage, are counted as skipped), run the task's models (a cascade may skip
-  one), and fold the probabilities into the task through the :class:`~endoedge.edge.tasks.ExamSession`,
+  one), and fold the probabilities into the task through the :class:`~endoedge.edge.stages.tasks.ExamSession`,
   stamped with the frame's capture time. A backend that raises or returns garbage is closed and
   reloaded with exponential backoff; one that hangs past its budget is abandoned (its late result is
   discarded) and a fresh one is loaded. A refused bundle (checksum, wrong task) keeps the video in
@@ -51,12 +51,13 @@ from endoedge.core.fileio import sha256_file
 from endoedge.core.manifest import ModelManifest
 from endoedge.core.preprocess import FieldDetector, FieldROI, PreprocessSpec, full_frame_roi, prepare_pixels
 from endoedge.edge.config import CoverageTaskConfig, DaemonConfig, HemorrhoidTaskConfig, ModelConfig
-from endoedge.edge.coverage import ExamClock
-from endoedge.edge.report import CheckpointStore, build_report, write_report
-from endoedge.edge.sdnotify import Notifier
-from endoedge.edge.status import Metric, StatusServer
-from endoedge.edge.tasks import CoverageTask, ExamEvent, ExamSession, Task, build_task, overlay_fields
-from endoedge.edge.types import Backend, Frame, OverlayState, Sink, Source
+from endoedge.edge.service.report import CheckpointStore, build_report, write_report
+from endoedge.edge.service.sdnotify import Notifier
+from endoedge.edge.service.status import Metric, StatusServer
+from endoedge.edge.stages.coverage import ExamClock
+from endoedge.edge.stages.tasks import CoverageTask, ExamEvent, ExamSession, Task, build_task, overlay_fields
+from endoedge.edge.stages.types import OverlayState
+from endoedge.edge.types import Backend, Frame, Sink, Source
 
 log = logging.getLogger("endoedge.daemon")
 T = TypeVar("T")
@@ -72,7 +73,7 @@ BackendFactory = Callable[[ModelConfig], Backend]
 
 
 class Renderer(Protocol):
-    """Draws the overlay (see ``endoedge.edge.overlay.OverlayRenderer``)."""
+    """Draws the overlay (see ``endoedge.edge.stages.overlay.OverlayRenderer``)."""
 
     def render(self, frame: np.ndarray, state: OverlayState, field_roi: FieldROI) -> np.ndarray:
         """Return a new frame with the overlay; ``frame`` itself is left untouched."""
@@ -680,7 +681,7 @@ class Daemon:
         config: Validated configuration.
         source: A source to use instead of opening ``config.source.uri`` (tests, embedding).
         sink: A sink to use instead of opening ``config.sink.uri``.
-        renderer: An overlay renderer instead of ``endoedge.edge.overlay.OverlayRenderer``.
+        renderer: An overlay renderer instead of ``endoedge.edge.stages.overlay.OverlayRenderer``.
         backend_factory: Creates a backend from a model config (default: :func:`load_backend`).
         notifier: systemd notifier (default: from the environment).
     """
@@ -781,7 +782,7 @@ class Daemon:
     def _open_source(self) -> Source:
         if self._source is not None:
             return self._source
-        from endoedge.edge.sources import ReconnectingSource, open_source
+        from endoedge.edge.video.sources import ReconnectingSource, open_source
 
         cfg = self.config.source
         options = dict(cfg.options)
@@ -807,14 +808,14 @@ class Daemon:
     def _open_sink(self, width: int, height: int, fps: float) -> Sink:
         if self._sink is not None:
             return self._sink
-        from endoedge.edge.sinks import open_sink
+        from endoedge.edge.video.sinks import open_sink
 
         return open_sink(self.config.sink.uri, width, height, fps, **self.config.sink.options)
 
     def _make_renderer(self) -> Renderer | None:
         if self.renderer is not None or not self.config.overlay.enabled:
             return self.renderer
-        from endoedge.edge.overlay import OverlayRenderer
+        from endoedge.edge.stages.overlay import OverlayRenderer
 
         return OverlayRenderer(self.config.overlay.options)
 

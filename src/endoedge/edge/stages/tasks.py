@@ -1,7 +1,7 @@
 """The daemon's tasks: what is done with a model's probabilities, and the exam session around them.
 
 * :class:`CoverageTask` (``egd-coverage``) — smooths the site probabilities, shows the current site and
-  feeds a :class:`~endoedge.edge.coverage.CoverageTracker` while an exam runs.
+  feeds a :class:`~endoedge.edge.stages.coverage.CoverageTracker` while an exam runs.
 * :class:`HemorrhoidTask` (``hemorrhoid``) — task A (normal / internal hemorrhoid); task B (LDRf grade)
   runs only while A is positive, and its smoothing restarts whenever A turns negative.
 * :class:`ExamSession` — the exam clock and all tasks under one lock: results from inference workers,
@@ -26,9 +26,9 @@ from endoedge.core.errors import BundleError
 from endoedge.core.labels import LabelSet
 from endoedge.core.manifest import ModelManifest
 from endoedge.edge.config import CoverageTaskConfig, HemorrhoidTaskConfig, SmoothingConfig
-from endoedge.edge.coverage import CoverageTracker, ExamClock, FreezeDetector
-from endoedge.edge.smoothing import Smoother
-from endoedge.edge.types import ExamCheck, SiteCell
+from endoedge.edge.stages.coverage import CoverageTracker, ExamClock, FreezeDetector
+from endoedge.edge.stages.smoothing import Smoother
+from endoedge.edge.stages.types import ExamCheck, SiteCell
 
 
 def make_smoother(num_classes: int, config: SmoothingConfig) -> Smoother:
@@ -566,7 +566,7 @@ class ExamSession:
 
 
 def overlay_fields(views: Sequence[TaskView]) -> dict[str, Any]:
-    """Merge task views into :class:`~endoedge.edge.types.OverlayState` fields (first coverage task wins)."""
+    """Merge task views into :class:`~endoedge.edge.stages.types.OverlayState` fields (first coverage task wins)."""
     fields: dict[str, Any] = {}
     grades = [v.grade for v in views if v.grade]
     for view in views:
