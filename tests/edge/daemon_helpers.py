@@ -15,7 +15,7 @@ import numpy as np
 from endoedge.core.preprocess import read_image
 from endoedge.core.synthetic import TowerLayout, tower_frame
 from endoedge.edge.config import DaemonConfig, ModelConfig, config_from_dict
-from endoedge.edge.service.daemon import load_backend
+from endoedge.edge.service.worker import load_backend
 from endoedge.edge.stages.types import OverlayState
 from endoedge.edge.types import Backend
 

@@ -23,7 +23,9 @@ from daemon_helpers import (
 )
 
 from endoedge.core.synthetic import field_polygon_mask
-from endoedge.edge.service.daemon import Daemon, LatencyWindow, Mailbox, RateMeter
+from endoedge.edge.service.daemon import Daemon
+from endoedge.edge.service.meters import LatencyWindow, RateMeter
+from endoedge.edge.service.worker import Mailbox
 from endoedge.edge.types import Frame
 from endoedge.edge.video.sinks import open_sink
 from endoedge.edge.video.sources import open_source
@@ -648,26 +650,26 @@ def test_inference_threads_and_their_pools_run_below_the_display_loop(tmp_path, 
 def test_pixels_are_prepared_ahead_by_the_preparer_and_match_the_manifest(tmp_path, tiny_bundle, clip, monkeypatch):
     """A model slower than a frame runs back to back: its pixels are prepared in another thread, and they
     are exactly what the manifest's preprocessing makes of the frame."""
-    import endoedge.edge.service.daemon as daemon_module
+    import endoedge.edge.service.worker as worker_module
     from endoedge.core.preprocess import prepare_pixels
 
     threads: list[str] = []
-    real_prepare = daemon_module.prepare_pixels
+    real_prepare = worker_module.prepare_pixels
 
     def recording_prepare(image, spec, roi):
         threads.append(threading.current_thread().name)
         return real_prepare(image, spec, roi)
 
-    monkeypatch.setattr(daemon_module, "prepare_pixels", recording_prepare)
+    monkeypatch.setattr(worker_module, "prepare_pixels", recording_prepare)
     received: list[tuple[np.ndarray, object, np.ndarray]] = []
-    real_process = daemon_module.TaskWorker._process
+    real_process = worker_module.TaskWorker._process
 
     def remembering_process(self, item, loaded, detector, generation):
         if item.pixels is not None:
             received.append((item.frame.image, item.roi, item.pixels))
         return real_process(self, item, loaded, detector, generation)
 
-    monkeypatch.setattr(daemon_module.TaskWorker, "_process", remembering_process)
+    monkeypatch.setattr(worker_module.TaskWorker, "_process", remembering_process)
     config = make_config(tmp_path, clip, tiny_bundle, status={"enabled": False})
     created: list = []
     daemon = Daemon(config, sink=null_sink(), backend_factory=wrapping_factory(lambda n: 0.05, created))
@@ -722,10 +724,10 @@ def test_status_names_the_bundle_version_running_after_current_is_switched(tmp_p
 
 
 def test_fresh_pacing_waits_for_a_frame_prepared_after_each_inference(tmp_path, tiny_bundle, clip, monkeypatch):
-    import endoedge.edge.service.daemon as daemon_module
+    import endoedge.edge.service.worker as worker_module
 
     calls = {"discard": 0, "take": 0}
-    real_discard, real_take = daemon_module.Mailbox.discard, daemon_module.Mailbox.take
+    real_discard, real_take = worker_module.Mailbox.discard, worker_module.Mailbox.take
 
     def counting_discard(self):
         calls["discard"] += 1
@@ -733,12 +735,12 @@ def test_fresh_pacing_waits_for_a_frame_prepared_after_each_inference(tmp_path, 
 
     def counting_take(self, timeout):
         item = real_take(self, timeout)
-        if isinstance(item, daemon_module._Prepared):
+        if isinstance(item, worker_module._Prepared):
             calls["take"] += 1
         return item
 
-    monkeypatch.setattr(daemon_module.Mailbox, "discard", counting_discard)
-    monkeypatch.setattr(daemon_module.Mailbox, "take", counting_take)
+    monkeypatch.setattr(worker_module.Mailbox, "discard", counting_discard)
+    monkeypatch.setattr(worker_module.Mailbox, "take", counting_take)
     config = make_config(tmp_path, clip, tiny_bundle, status={"enabled": False}, run={"ai_pacing": "fresh"})
     created: list = []
     daemon = Daemon(config, sink=null_sink(), backend_factory=wrapping_factory(lambda n: 0.05, created))

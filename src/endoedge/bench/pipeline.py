@@ -256,7 +256,8 @@ def run_daemon(
         StateConfig,
         StatusConfig,
     )
-    from endoedge.edge.service.daemon import Daemon, load_backend
+    from endoedge.edge.service.daemon import Daemon
+    from endoedge.edge.service.worker import load_backend
     from endoedge.edge.video.sinks import NullSink
 
     options: dict[str, Any] = {"threads": threads} if threads else {}
