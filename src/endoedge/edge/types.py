@@ -6,7 +6,8 @@ Everything here is plain data or a :class:`typing.Protocol`; the implementations
 
 Conventions:
     * Frame pixels are ``uint8`` ``H×W×3`` **BGR** (OpenCV order), C-contiguous.
-    * Times are ``time.monotonic()`` seconds.
+    * Times are ``time.monotonic()`` seconds. The pure stages see a frame's *media time* instead
+      (:attr:`Frame.media_time`): the capture time live, the presentation time on a replay.
     * A backend's ``infer`` takes the ``uint8`` pixels produced by
       :func:`endoedge.core.preprocess.prepare_pixels` (already cropped, resized and in the model's
       channel order, ``N×H×W×3``) and returns ``float32`` probabilities ``N×C``. Normalisation,
@@ -32,12 +33,20 @@ class Frame:
         index: Sequence number from the source (0-based, counts every frame read).
         t_capture: ``time.monotonic()`` when the frame was captured (or read from a file).
         pts: Presentation time in seconds from the source's start (file/stream time), if known.
+        t_media: Media time, set by the daemon's :class:`~endoedge.edge.service.media_clock.MediaClock`
+            (``None`` until then).
     """
 
     image: np.ndarray
     index: int
     t_capture: float
     pts: float | None = None
+    t_media: float | None = None
+
+    @property
+    def media_time(self) -> float:
+        """The time the pure stages see: :attr:`t_media` once stamped, else the capture time."""
+        return self.t_capture if self.t_media is None else self.t_media
 
 
 @runtime_checkable

@@ -40,6 +40,7 @@ from endoedge.core.errors import one_line
 from endoedge.core.preprocess import FieldDetector, FieldROI, full_frame_roi
 from endoedge.edge.config import CoverageTaskConfig, DaemonConfig
 from endoedge.edge.service.logs import log_event
+from endoedge.edge.service.media_clock import MediaClock
 from endoedge.edge.service.meters import LatencyWindow, RateMeter
 from endoedge.edge.service.report import CheckpointStore, build_report, write_report
 from endoedge.edge.service.sdnotify import Notifier
@@ -115,6 +116,13 @@ class Daemon:
             ),
             driver=driver,
         )
+        #: The pure stages' one time source: capture times live, presentation times on a replay.
+        self.media_clock = MediaClock.for_source(
+            config.source.uri, config.source.as_fast_as_possible, config.source.fallback_fps
+        )
+        #: An unpaced replay has no screen to keep in time: the loop waits for every frame's result, so the
+        #: AI sees every frame and the replay gives the same results however fast the machine decodes.
+        self.lockstep = self.media_clock.replay and config.source.as_fast_as_possible
         self.events: queue.SimpleQueue[ExamEvent] = queue.SimpleQueue()
         self.field = FieldHolder()
         self.workers: list[TaskWorker] = []
@@ -137,6 +145,7 @@ class Daemon:
                     keeper,
                     config.run.inference_nice,
                     config.run.ai_pacing == "fresh",
+                    clock=self.media_clock,
                 )
             )
         self.checkpoints = CheckpointStore(config.state.dir) if config.state.dir else None
@@ -163,6 +172,8 @@ class Daemon:
         self.report_errors = 0
         self.checkpoint_errors = 0
         self._checkpoint_lock = threading.Lock()
+        for worker in self.workers:
+            worker.lockstep = self.lockstep
         self.signal = False
         self.started = time.monotonic()
         self.heartbeat = time.monotonic()
@@ -228,7 +239,8 @@ class Daemon:
 
     def exam_action(self, action: str) -> tuple[int, dict[str, Any]]:
         """``start``, ``end`` or ``photo`` (the status server's POST endpoints)."""
-        now, wall = time.monotonic(), time.time()
+        now = self.media_clock.now()
+        wall = self.media_clock.wall(now)
         if action == "start":
             events = self.session.start(now, wall, "api")
             self._queue(events)
@@ -344,7 +356,7 @@ class Daemon:
             "inference_ms": {name: {"p50": i.get("p50"), "p95": i.get("p95")} for name, i in infer.items()},
             "skipped_frames": {w.name: w.skipped for w in self.workers},
             "backends": [m for w in self.workers for m in w.describe_models()],
-            "exam": self.session.summary(time.monotonic()),
+            "exam": self.session.summary(self.media_clock.now()),
             "stats": stats,
         }
 
@@ -369,7 +381,7 @@ class Daemon:
             Metric("signal", 1.0 if self.signal else 0.0, help="1 while the source delivers frames"),
             Metric("ai_ok", 1.0 if ai == "ok" else 0.0, help="1 while every model runs"),
             Metric("exam_running", 1.0 if self.session.clock.running else 0.0, help="1 during an exam"),
-            Metric("exam_elapsed_seconds", self.session.clock.elapsed(time.monotonic()), help="exam timer"),
+            Metric("exam_elapsed_seconds", self.session.clock.elapsed(self.media_clock.now()), help="exam timer"),
             Metric("reports_written_total", s["reports_written"], "counter", "procedure reports written"),
         ]
         for name, window in (("video_delay_ms", self.video_delay), ("overlay_delay_ms", self.overlay_delay)):
@@ -395,7 +407,7 @@ class Daemon:
         return out
 
     # -- the display loop -------------------------------------------------------------------------
-    def _overlay_state(self, now: float, signal_ok: bool) -> OverlayState:
+    def _overlay_state(self, now: float, signal_ok: bool, t_media: float) -> OverlayState:
         ai, message = self.ai_status()
         views = [w.task.view for w in self.workers if w.task is not None and w.state == "ok"]
         fields = overlay_fields(views)
@@ -405,7 +417,7 @@ class Daemon:
             ai_status=ai,
             message=message,
             signal=signal_ok,
-            exam_seconds=clock.elapsed(now) if clock.running else None,
+            exam_seconds=clock.elapsed(t_media) if clock.running else None,
             fps_in=self.rate_in.rate(now),
             infer_ms=(max(infer) * 1000.0) if infer else 0.0,
             language=self.config.overlay.language,
@@ -511,6 +523,8 @@ class Daemon:
                     port=self.config.status.port,
                     reason=one_line(exc),
                 )
+        if self.media_clock.replay:
+            self._await_first_load()
         self._source_obj = self._open_source()
         self.nominal_fps = float(getattr(self._source_obj, "fps", 0.0) or self.config.source.fallback_fps)
         self._supervisor = threading.Thread(target=self._supervise, name="supervisor", daemon=True)
@@ -548,7 +562,7 @@ class Daemon:
             return
         if age <= self.config.state.resume_within_s:
             try:
-                self.session.resume(data, time.monotonic())
+                self.session.resume(data, self.media_clock.now())
             except (KeyError, TypeError, ValueError) as exc:
                 log_event(logging.ERROR, "exam checkpoint not resumable", exam=exam_id, reason=str(exc))
             else:
@@ -617,9 +631,11 @@ class Daemon:
                     next_blank = max(next_blank + 1.0 / fps, t_read - 1.0 / fps)
                     if sink is None:
                         sink = self._sink_obj = self._open_sink(self.frame_size[0], self.frame_size[1], fps)
-                    self._queue(self.session.no_signal(t_read, time.time()))
+                    t_media = self.media_clock.now()
+                    self._queue(self.session.no_signal(t_media, self.media_clock.wall(t_media)))
                     blank = np.zeros((self.frame_size[1], self.frame_size[0], 3), dtype=np.uint8)
-                    self._show(sink, blank, t_read, self._overlay_state(t_read, False), full_frame_roi(blank))
+                    state = self._overlay_state(t_read, False, t_media)
+                    self._show(sink, blank, t_read, state, full_frame_roi(blank))
                     self.no_signal_frames += 1
                 continue
             self.stage["capture"].add(t_read - t_loop)  # waiting in source.read (frame interval + decode)
@@ -632,6 +648,7 @@ class Daemon:
                     logging.INFO, "signal", source=_redact(cfg.source.uri), size=f"{image.shape[1]}x{image.shape[0]}"
                 )
             self.signal = True
+            frame = self.media_clock.stamp(frame)
             last_frame_at = t_read
             next_blank = 0.0
             self.frames_in += 1
@@ -644,7 +661,7 @@ class Daemon:
                 sink = self._sink_obj = self._open_sink(image.shape[1], image.shape[0], self.nominal_fps)
             elif (image.shape[1], image.shape[0]) != self.frame_size:
                 self.frame_size = (image.shape[1], image.shape[0])
-            state = self._overlay_state(t_read, True)
+            state = self._overlay_state(t_read, True, frame.media_time)
             # The renderer draws on a copy: the workers read the captured frame concurrently.
             self._show(sink, image, frame.t_capture, state, self._field_roi(image, t_read))
             t_done = time.monotonic()
@@ -661,9 +678,35 @@ class Daemon:
                 view = task.view
                 if view.frame_index >= 0 and self._last_seen.get(worker.name) != view.frame_index:
                     self._last_seen[worker.name] = view.frame_index
-                    if worker.state == "ok":
-                        self.overlay_delay.add(t_done - view.t_capture)
+                    captured = worker.captured_at(view.frame_index)
+                    if worker.state == "ok" and captured is not None:
+                        self.overlay_delay.add(t_done - captured)
             self.stage["loop"].add(t_done - t_loop)
+            if self.lockstep:
+                self._await_results(frame.index)
+
+    def _await_results(self, frame_index: int) -> None:
+        """Unpaced replay: wait until every running worker has processed the frame (outside the timed
+        display path). A worker that is off, or hangs past its budget, is not waited for."""
+        for worker in self.workers:
+            while not self.stop_event.is_set() and worker.state == "ok" and not worker.wait_done(frame_index, 0.05):
+                now = time.monotonic()
+                self.heartbeat = now
+                if self.config.run.watchdog:
+                    self.notifier.heartbeat()
+                worker.check_hang(now)
+
+    def _await_first_load(self) -> None:
+        """Replay: let every worker finish its first load before the first frame is read, so the clip is
+        analysed from its start and a paced and an unpaced replay see the same frames."""
+        while not self.stop_event.is_set() and not all(w.first_attempt_done.is_set() for w in self.workers):
+            now = time.monotonic()
+            self.heartbeat = now
+            if self.config.run.watchdog:
+                self.notifier.heartbeat()
+            if any(w.check_hang(now) for w in self.workers):
+                return
+            time.sleep(0.02)
 
     def _send_ready(self) -> None:
         self.ready_sent = True
@@ -701,7 +744,7 @@ class Daemon:
     def _status_line(self) -> str:
         ai, _ = self.ai_status()
         clock = self.session.clock
-        exam = f"exam {clock.exam_id} {int(clock.elapsed(time.monotonic()))} s" if clock.running else "no exam"
+        exam = f"exam {clock.exam_id} {int(clock.elapsed(self.media_clock.now()))} s" if clock.running else "no exam"
         signal_text = "signal" if self.signal else "NO SIGNAL"
         return f"{signal_text}; fps {self.rate_in.rate():.1f}/{self.rate_out.rate():.1f}; AI {ai}; {exam}"
 
@@ -710,7 +753,7 @@ class Daemon:
         # Under the lock, so a running-exam checkpoint taken just before an end cannot land after the
         # end was made durable (it would resume the ended exam after a crash).
         with self._checkpoint_lock:
-            data = self.session.checkpoint(now)
+            data = self.session.checkpoint(self.media_clock.now())
             if data is None:
                 return
             try:
@@ -795,7 +838,8 @@ class Daemon:
         self.stop_event.set()
         if self._supervisor is not None:
             self._supervisor.join(timeout=5)
-        now, wall = time.monotonic(), time.time()
+        now = self.media_clock.now()
+        wall = self.media_clock.wall(now)
         self._queue(self.session.end(now, wall, f"daemon stopped ({self.stop_reason or 'error'})"))
         self._drain_events()
         for worker in self.workers:

@@ -18,8 +18,10 @@ Pacing: with a live view the clip is played in real time, like a capture card, a
 those of a live tower (on a machine too slow for 25 fps at 1080p, frames are dropped and counted, also
 in the recording). Without a live view the clip is processed as fast as the machine allows with every
 frame recorded (the recorder holds the loop back instead of dropping), so ``overlay.mp4`` is complete on
-any machine; exam times are then wall-clock. ``--realtime`` / ``--fast`` choose explicitly; ``--quick``
-processes only the first seconds, unpaced (CI).
+any machine, and the AI sees every frame (the loop waits for each result). Either way the exam clock,
+dwell and observation times follow the clip's own presentation times (the daemon's media clock), so
+both give the same report. ``--realtime`` / ``--fast`` choose explicitly; ``--quick`` processes only the
+first seconds, unpaced (CI).
 """
 
 from __future__ import annotations
@@ -591,9 +593,9 @@ def format_summary(summary: dict[str, Any]) -> str:
     exam = summary["exam"]
     if exam:
         duration = exam.get("duration_s")
-        clock = "" if summary["mode"] == "realtime" else " (wall-clock: the clip was not paced)"
         lines.append(
-            f"  exam: {duration:.1f} s{clock}; started: {exam.get('start_reason')}; ended: {exam.get('end_reason')}"
+            f"  exam: {duration:.1f} s of clip time; started: {exam.get('start_reason')}; "
+            f"ended: {exam.get('end_reason')}"
             if isinstance(duration, int | float)
             else f"  exam: {exam}"
         )

@@ -10,9 +10,10 @@ nothing from the loop. Its threads:
 * **Inference thread**: takes the newest prepared frame (frames overwritten before they were taken, at
   either stage, are counted as skipped), runs the task's models (a cascade may skip one) and folds the
   probabilities into the task through the :class:`~endoedge.edge.stages.tasks.ExamSession`, stamped
-  with the frame's capture time. A backend that raises or returns garbage is closed and reloaded with
-  exponential backoff; one that hangs past its budget is abandoned (its late result is discarded) and a
-  fresh one is loaded. A refused bundle (checksum, wrong task) keeps the AI off and is retried.
+  with the frame's media time (:mod:`~endoedge.edge.service.media_clock`). A backend that raises or
+  returns garbage is closed and reloaded with exponential backoff; one that hangs past its budget is
+  abandoned (its late result is discarded) and a fresh one is loaded. A refused bundle (checksum,
+  wrong task) keeps the AI off and is retried.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from endoedge.core.manifest import ModelManifest
 from endoedge.core.preprocess import FieldDetector, FieldROI, PreprocessSpec, prepare_pixels
 from endoedge.edge.config import CoverageTaskConfig, HemorrhoidTaskConfig, ModelConfig
 from endoedge.edge.service.logs import log_event
+from endoedge.edge.service.media_clock import MediaClock
 from endoedge.edge.service.meters import LatencyWindow, RateMeter
 from endoedge.edge.stages.tasks import CoverageTask, ExamEvent, ExamSession, Task, build_task
 from endoedge.edge.types import Backend, Frame
@@ -201,10 +203,20 @@ class TaskWorker:
         keep_frame: Callable[[str, str, np.ndarray], None] | None = None,
         nice: int = 0,
         fresh: bool = False,
+        clock: MediaClock | None = None,
     ) -> None:
         self.config = config
         self.nice = nice
         self.fresh = fresh
+        #: Media time for the stages (live: capture times; replays: presentation times).
+        self.clock = clock or MediaClock(replay=False)
+        #: An unpaced replay: the display loop waits for each frame's result (see :meth:`wait_done`), so
+        #: the frames must not be discarded for freshness.
+        self.lockstep = False
+        self._done = threading.Condition()
+        self.done_index = -1
+        # Real capture times of recently processed frames, for the loop's overlay delay (real time).
+        self._captured: dict[int, float] = {}
         self.name = config.name
         self.models = models
         self.session = session
@@ -248,6 +260,18 @@ class TaskWorker:
     def skipped(self) -> int:
         """Frames overwritten before inference took them (in the frame mailbox or the prepared one)."""
         return self.mailbox.overwritten + self.prepared.overwritten
+
+    def captured_at(self, frame_index: int) -> float | None:
+        """The capture time (``time.monotonic()``) of a recently processed frame, or ``None``."""
+        with self._done:
+            return self._captured.get(frame_index)
+
+    def wait_done(self, frame_index: int, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds until the frame ``frame_index`` (or a later one) was processed."""
+        with self._done:
+            if self.done_index < frame_index:
+                self._done.wait(timeout)
+            return self.done_index >= frame_index
 
     def start(self) -> None:
         """Start the preparer and the worker thread."""
@@ -462,7 +486,7 @@ class TaskWorker:
                     self._last_description = self._describe(loaded)
                     self._set_ok(time.monotonic())
                     self.first_attempt_done.set()
-                if self.fresh:
+                if self.fresh and not self.lockstep:
                     # Pacing "fresh": only a frame prepared from now on (it was captured no earlier than
                     # the end of the previous inference), so the result is at most one frame stale.
                     self.prepared.discard()
@@ -521,9 +545,10 @@ class TaskWorker:
                     return  # abandoned as hung: the result is stale
                 self.busy_since = None
             probs = _check_output(probs, manifest.num_classes)
-            events = self.session.observe(task, role, probs[0], frame.t_capture, time.time(), frame.index)
-            if isinstance(task, CoverageTask) and role == task.roles[0] and task.detect_photo(pixels, frame.t_capture):
-                self.session.photo(frame.t_capture, "freeze")
+            t = frame.media_time  # the stages' one time source: never the wall or the decoding speed
+            events = self.session.observe(task, role, probs[0], t, self.clock.wall(t), frame.index)
+            if isinstance(task, CoverageTask) and role == task.roles[0] and task.detect_photo(pixels, t):
+                self.session.photo(t, "freeze")
             t4 = time.monotonic()
             for event in events:
                 if event.kind == "observed":
@@ -538,4 +563,10 @@ class TaskWorker:
             self.stage["smooth"].add(t4 - t3)
         self.inferences += 1
         self.rate.tick(time.monotonic())
+        with self._done:
+            self._captured[frame.index] = frame.t_capture
+            if len(self._captured) > 16:
+                del self._captured[min(self._captured)]
+            self.done_index = max(self.done_index, frame.index)
+            self._done.notify_all()
         self._set_ok(time.monotonic())

@@ -58,7 +58,7 @@ class TaskView:
         checks: Exam quality checks.
         grade: Hemorrhoid text, or ``None``.
         grade_zh: The same with Chinese label names ("" when none).
-        t_capture: Capture time of the frame this view comes from.
+        t_media: Media time of the frame this view comes from.
         frame_index: Index of that frame.
     """
 
@@ -69,7 +69,7 @@ class TaskView:
     checks: tuple[ExamCheck, ...] = ()
     grade: str | None = None
     grade_zh: str = ""
-    t_capture: float = 0.0
+    t_media: float = 0.0
     frame_index: int = -1
 
 
@@ -228,7 +228,7 @@ class CoverageTask(Task):
             confidence=self.confidence,
             coverage=self.cells(),
             checks=checks,
-            t_capture=t,
+            t_media=t,
             frame_index=frame_index,
         )
 
@@ -299,7 +299,7 @@ class HemorrhoidTask(Task):
         elif role == "b" and self.smoother_b is not None:
             decision = self.smoother_b.update(probs, t)
             self.b_index, self.b_conf = decision.index, decision.confidence
-        self.view = TaskView(grade=self.text(), grade_zh=self.text(zh=True) or "", t_capture=t, frame_index=frame_index)
+        self.view = TaskView(grade=self.text(), grade_zh=self.text(zh=True) or "", t_media=t, frame_index=frame_index)
 
     def text(self, zh: bool = False) -> str | None:
         """Overlay text, e.g. ``"Internal hemorrhoid 0.93 · LDRf Rf1 0.81"`` (``zh``: Chinese label names)."""

@@ -25,6 +25,7 @@ backoff.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 import time
@@ -354,7 +355,13 @@ class VideoFileSource(CapturedSource):
             ok, image = self._cap.read()
             if not ok:
                 raise SourceError("cannot rewind the video to loop it", self.path)
-        pts = self._decoded / self.fps if self.fps > 0 else None
+        # The container's presentation time of this frame, so a replay paced at another rate (``fps``) or
+        # not paced at all still tells the daemon's media clock the clip's own time.
+        stamp_ms = float(self._cap.get(cv2.CAP_PROP_POS_MSEC))
+        if math.isfinite(stamp_ms) and stamp_ms >= 0.0:
+            pts: float | None = stamp_ms / 1000.0
+        else:
+            pts = self._decoded / self.fps if self.fps > 0 else None
         self._decoded += 1
         return image, pts
 
