@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 import pytest
 
-from _helpers import private_xvfb
+from _helpers import GST_SKIP_REASON, private_xvfb
 from endoedge.core.errors import EndoedgeError
 from endoedge.edge.video.gst import gst_available
 from endoedge.edge.video.sinks import GstSink, SinkError, open_sink
@@ -25,8 +25,7 @@ pytestmark = [
     pytest.mark.gstreamer,
     pytest.mark.skipif(
         not gst_available(),
-        reason="GStreamer Python bindings absent (apt install python3-gi gir1.2-gst-plugins-base-1.0; "
-        "venv with --system-site-packages)",
+        reason=GST_SKIP_REASON,
     ),
 ]
 

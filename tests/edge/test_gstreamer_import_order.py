@@ -11,10 +11,11 @@ import sys
 
 import pytest
 
+from _helpers import GST_SKIP_REASON
 from endoedge.edge.video.gst import gst_available
 
 
-@pytest.mark.skipif(not gst_available(), reason="GStreamer Python bindings absent")
+@pytest.mark.skipif(not gst_available(), reason=GST_SKIP_REASON)
 def test_gstreamer_then_matplotlib_and_tensorflow_does_not_crash() -> None:
     pytest.importorskip("matplotlib")
     code = (
