@@ -342,6 +342,9 @@ class VideoFileSource(CapturedSource):
         self.loop = loop
         self.frame_count = int(self._cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
         self._decoded = 0
+        # Added to the container's times after each rewind, so a looping file's time keeps increasing.
+        self._loop_offset = 0.0
+        self._last_pts = -1.0
         self._start()
 
     def _grab(self) -> tuple[np.ndarray, float | None]:
@@ -355,13 +358,16 @@ class VideoFileSource(CapturedSource):
             ok, image = self._cap.read()
             if not ok:
                 raise SourceError("cannot rewind the video to loop it", self.path)
+            self._loop_offset = self._last_pts + (1.0 / self.fps if self.fps > 0 else 0.0)
         # The container's presentation time of this frame, so a replay paced at another rate (``fps``) or
         # not paced at all still tells the daemon's media clock the clip's own time.
         stamp_ms = float(self._cap.get(cv2.CAP_PROP_POS_MSEC))
         if math.isfinite(stamp_ms) and stamp_ms >= 0.0:
-            pts: float | None = stamp_ms / 1000.0
+            pts: float | None = self._loop_offset + stamp_ms / 1000.0
         else:
             pts = self._decoded / self.fps if self.fps > 0 else None
+        if pts is not None:
+            self._last_pts = pts
         self._decoded += 1
         return image, pts
 
