@@ -6,7 +6,7 @@
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
 python=${PYTHON:-/usr/bin/python3}
-if [ -f "$here/../src/endoedge/edge/install.py" ]; then
+if [ -f "$here/../src/endoedge/edge/box/install.py" ]; then
   # From the source tree: needs nothing but the system Python.
   PYTHONPATH="$here/../src${PYTHONPATH:+:$PYTHONPATH}" exec "$python" -m endoedge.cli install uninstall "$@"
 fi

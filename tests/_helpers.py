@@ -1,4 +1,5 @@
-"""Test helpers shared across folders: a private X server and the test's end of NOTIFY_SOCKET."""
+"""Test helpers shared across folders: a private X server, the test's end of NOTIFY_SOCKET and the skip
+marker of the tests that need GStreamer."""
 
 from __future__ import annotations
 
@@ -12,6 +13,25 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+#: The one line that installs what the GStreamer tests need on Debian/Ubuntu (``.ci/run`` runs it as
+#: root); the venv must be made with --system-site-packages, as ``make`` does, to see the bindings.
+GST_APT_LINE = (
+    "apt-get install gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good "
+    "gir1.2-gst-plugins-base-1.0 python3-gst-1.0 python3-gi"
+)
+GST_SKIP_REASON = f"GStreamer or its Python bindings are not installed; as root: {GST_APT_LINE}"
+
+
+def gstreamer_missing() -> bool:
+    """True unless GStreamer's tools and its Python bindings (as the daemon loads them) are both here."""
+    from endoedge.edge.video.gst import gst_available
+
+    return shutil.which("gst-launch-1.0") is None or not gst_available()
+
+
+#: For tests that run GStreamer (a ``gst://`` source, an MJPEG server from gst-launch-1.0, the sinks).
+needs_gstreamer = pytest.mark.skipif(gstreamer_missing(), reason=GST_SKIP_REASON)
 
 
 @contextlib.contextmanager

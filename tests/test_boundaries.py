@@ -1,4 +1,6 @@
-"""The dependency rule: core and edge never import TensorFlow; core imports no other endoedge package."""
+"""The dependency rules: core and edge never import TensorFlow; core imports no other endoedge package;
+inside edge, the pure stages import no video, service or box code, video imports no stage, and the task
+worker never imports the display loop that drives it."""
 
 from __future__ import annotations
 
@@ -35,13 +37,37 @@ def test_package_imports_without_tensorflow(package: str) -> None:
 
 
 def imported_modules(path: Path) -> set[str]:
+    """Every absolute module an import statement names (``from a import b`` names ``a`` and ``a.b``)."""
     names = set()
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.Import):
             names.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
     return names
+
+
+#: Inside ``endoedge.edge``: the folders (or modules) each folder must not import from. The pure stages
+#: stay pure (no video, threads, service or box code under them), video knows nothing of the stages, and
+#: the task worker never takes from the display loop that drives it.
+EDGE_LAYERS: dict[str, tuple[str, ...]] = {
+    "edge/stages": ("endoedge.edge.video", "endoedge.edge.service", "endoedge.edge.box"),
+    "edge/video": ("endoedge.edge.stages",),
+    "edge/service/worker.py": ("endoedge.edge.service.daemon",),
+}
+
+
+def _names(name: str, prefix: str) -> bool:
+    return name == prefix or name.startswith(prefix + ".")
+
+
+def _forbidden(package: str, name: str, layers: list[str]) -> bool:
+    if name.split(".")[0] in ("tensorflow", "keras", "tf2onnx", "tf_keras"):
+        return True
+    if package == "core" and name.startswith("endoedge."):
+        return not (_names(name, "endoedge.core") or _names(name, "endoedge.__about__"))
+    return any(_names(name, prefix) for prefix in layers)
 
 
 def boundary_violations(root: Path) -> list[str]:
@@ -49,16 +75,16 @@ def boundary_violations(root: Path) -> list[str]:
     bad = []
     for package in ("core", "edge"):
         for file in sorted((root / package).rglob("*.py")):
-            for name in imported_modules(file):
-                top = name.split(".")[0]
-                if top in ("tensorflow", "keras", "tf2onnx", "tf_keras"):
-                    bad.append(f"{file.relative_to(root)}: {name}")
-                if (
-                    package == "core"
-                    and name.startswith("endoedge.")
-                    and not (name.startswith("endoedge.core") or name == "endoedge.__about__")
-                ):
-                    bad.append(f"{file.relative_to(root)}: {name}")
+            relative = file.relative_to(root).as_posix()
+            layers = [
+                prefix
+                for where, prefixes in EDGE_LAYERS.items()
+                if relative == where or relative.startswith(where + "/")
+                for prefix in prefixes
+            ]
+            names = [name for name in sorted(imported_modules(file)) if _forbidden(package, name, layers)]
+            # ``from a.b import c`` names a.b and a.b.c: report the import once, by its module.
+            bad += [f"{relative}: {n}" for n in names if not any(_names(n, other) for other in names if other != n)]
     return bad
 
 
@@ -70,6 +96,61 @@ def test_boundary_check_catches_a_forbidden_import(tmp_path) -> None:
     for package in ("core", "edge"):
         (tmp_path / package).mkdir()
     (tmp_path / "core" / "ok.py").write_text("import numpy\nfrom endoedge.core import labels\n")
-    (tmp_path / "core" / "sneaky.py").write_text("from endoedge.edge import daemon\n")
+    (tmp_path / "core" / "sneaky.py").write_text("from endoedge.edge.service import daemon\n")
     (tmp_path / "edge" / "heavy.py").write_text("def f():\n    import tensorflow as tf\n")
-    assert boundary_violations(tmp_path) == ["core/sneaky.py: endoedge.edge", "edge/heavy.py: tensorflow"]
+    assert boundary_violations(tmp_path) == ["core/sneaky.py: endoedge.edge.service", "edge/heavy.py: tensorflow"]
+
+
+def _edge_tree(root: Path, files: dict[str, str]) -> Path:
+    for package in ("core", "edge/stages", "edge/video", "edge/service", "edge/box"):
+        (root / package).mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        (root / name).write_text(text)
+    return root
+
+
+def test_layer_check_allows_the_layout_as_built(tmp_path) -> None:
+    root = _edge_tree(
+        tmp_path,
+        {
+            "edge/stages/tasks.py": "from endoedge.edge.config import SmoothingConfig\n"
+            "from endoedge.edge.stages import coverage\n",
+            "edge/video/sinks.py": "from endoedge.edge.types import Sink\n"
+            "from endoedge.edge.video.sources import split_uri\n",
+            "edge/service/worker.py": "from endoedge.edge.stages.tasks import ExamSession\n"
+            "from endoedge.edge.service import meters\n",
+            "edge/service/daemon.py": "from endoedge.edge.service.worker import TaskWorker\n"
+            "from endoedge.edge.video import sources\n",
+        },
+    )
+    assert boundary_violations(root) == []
+
+
+def test_layer_check_catches_a_stage_importing_video_service_or_box(tmp_path) -> None:
+    root = _edge_tree(
+        tmp_path,
+        {
+            "edge/stages/overlay.py": "def f():\n    from endoedge.edge.video.sinks import open_sink\n",
+            "edge/stages/tasks.py": "from endoedge.edge.service import report\n",
+            "edge/stages/coverage.py": "import endoedge.edge.box.bundle_store\n",
+        },
+    )
+    assert boundary_violations(root) == [
+        "edge/stages/coverage.py: endoedge.edge.box.bundle_store",
+        "edge/stages/overlay.py: endoedge.edge.video.sinks",
+        "edge/stages/tasks.py: endoedge.edge.service",
+    ]
+
+
+def test_layer_check_catches_video_importing_a_stage_and_the_worker_importing_the_loop(tmp_path) -> None:
+    root = _edge_tree(
+        tmp_path,
+        {
+            "edge/video/sources.py": "from endoedge.edge.stages.types import OverlayState\n",
+            "edge/service/worker.py": "from endoedge.edge.service.daemon import log_event\n",
+        },
+    )
+    assert boundary_violations(root) == [
+        "edge/service/worker.py: endoedge.edge.service.daemon",
+        "edge/video/sources.py: endoedge.edge.stages.types",
+    ]

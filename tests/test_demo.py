@@ -20,7 +20,14 @@ from endoedge.core.bundle import open_bundle
 from endoedge.core.clip import ClipTimeline, TimelineShot, timeline_path
 from endoedge.core.formats import formats_markdown_table
 from endoedge.core.preprocess import detect_field, load_pixels
-from endoedge.edge.demo import DEFAULT_BUNDLE, DEFAULT_CLIP, QUICK_SECONDS, ShownFrame, _recognition, format_summary
+from endoedge.edge.service.demo import (
+    DEFAULT_BUNDLE,
+    DEFAULT_CLIP,
+    QUICK_SECONDS,
+    ShownFrame,
+    _recognition,
+    format_summary,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 BUNDLE = ROOT / DEFAULT_BUNDLE

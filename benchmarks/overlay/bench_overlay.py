@@ -32,8 +32,8 @@ sys.path.insert(0, str(ROOT / "src"))
 from endoedge.core.labels import get_labelset  # noqa: E402
 from endoedge.core.preprocess import full_frame_roi  # noqa: E402
 from endoedge.core.synthetic import TowerLayout, tower_frame  # noqa: E402
-from endoedge.edge.overlay import OverlayRenderer  # noqa: E402
-from endoedge.edge.types import OverlayState, SiteCell  # noqa: E402
+from endoedge.edge.stages.overlay import OverlayRenderer  # noqa: E402
+from endoedge.edge.stages.types import OverlayState, SiteCell  # noqa: E402
 
 
 def machine() -> str:

@@ -29,9 +29,9 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "src"))
 
 from endoedge.core.synthetic import TowerLayout, tower_frame  # noqa: E402
-from endoedge.edge.gst import gst_available  # noqa: E402
-from endoedge.edge.sinks import open_sink  # noqa: E402
-from endoedge.edge.sources import open_source  # noqa: E402
+from endoedge.edge.video.gst import gst_available  # noqa: E402
+from endoedge.edge.video.sinks import open_sink  # noqa: E402
+from endoedge.edge.video.sources import open_source  # noqa: E402
 
 W, H, FPS = 1920, 1080, 30.0
 

@@ -24,10 +24,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("endoedge.export.cli", "export a trained model to a verified bundle (TFLite, ONNX, TensorRT)"),
     "bundle": ("endoedge.export.bundle_cli", "verify, install or roll back bundles"),
     "bench": ("endoedge.bench.cli", "parity and latency benchmarks"),
-    "run": ("endoedge.edge.cli", "run the edge daemon: capture -> AI -> overlay -> display"),
-    "check-config": ("endoedge.edge.check_config_cli", "validate a daemon config file"),
-    "demo": ("endoedge.edge.demo", "run the daemon on the bundled sample clip and default bundle"),
-    "install": ("endoedge.edge.install_cli", "install endoedge as a systemd service (Jetson)"),
+    "run": ("endoedge.edge.service.run_cli", "run the edge daemon: capture -> AI -> overlay -> display"),
+    "check-config": ("endoedge.edge.service.check_config_cli", "validate a daemon config file"),
+    "demo": ("endoedge.edge.service.demo", "run the daemon on the bundled sample clip and default bundle"),
+    "install": ("endoedge.edge.box.install_cli", "install endoedge as a systemd service (Jetson)"),
 }
 
 

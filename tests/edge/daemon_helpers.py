@@ -15,8 +15,9 @@ import numpy as np
 from endoedge.core.preprocess import read_image
 from endoedge.core.synthetic import TowerLayout, tower_frame
 from endoedge.edge.config import DaemonConfig, ModelConfig, config_from_dict
-from endoedge.edge.daemon import load_backend
-from endoedge.edge.types import Backend, OverlayState
+from endoedge.edge.service.worker import load_backend
+from endoedge.edge.stages.types import OverlayState
+from endoedge.edge.types import Backend
 
 SMALL = TowerLayout(width=640, height=360, field_size=320, field_left=250)
 FULL_HD = TowerLayout()
@@ -114,7 +115,7 @@ class RecordingRenderer:
     """The real overlay renderer, remembering every state it drew (for assertions on banners)."""
 
     def __init__(self, options: dict[str, Any] | None = None) -> None:
-        from endoedge.edge.overlay import OverlayRenderer
+        from endoedge.edge.stages.overlay import OverlayRenderer
 
         self.inner = OverlayRenderer(options)
         self.states: list[OverlayState] = []

@@ -10,8 +10,8 @@ from endoedge.core.labels import EGD30, GASTROVISION3, HEMORRHOID, LDRF
 from endoedge.core.manifest import ModelManifest
 from endoedge.core.preprocess import PreprocessSpec
 from endoedge.edge.config import CoverageTaskConfig, HemorrhoidTaskConfig
-from endoedge.edge.coverage import CoverageTracker, ExamClock, FreezeDetector
-from endoedge.edge.tasks import ExamSession, build_task, overlay_fields
+from endoedge.edge.stages.coverage import CoverageTracker, ExamClock, FreezeDetector
+from endoedge.edge.stages.tasks import ExamSession, build_task, overlay_fields
 
 SPEC = PreprocessSpec.for_family("inception", 64)
 

@@ -23,10 +23,12 @@ from daemon_helpers import (
 )
 
 from endoedge.core.synthetic import field_polygon_mask
-from endoedge.edge.daemon import Daemon, LatencyWindow, Mailbox, RateMeter
-from endoedge.edge.sinks import open_sink
-from endoedge.edge.sources import open_source
+from endoedge.edge.service.daemon import Daemon
+from endoedge.edge.service.meters import LatencyWindow, RateMeter
+from endoedge.edge.service.worker import Mailbox
 from endoedge.edge.types import Frame
+from endoedge.edge.video.sinks import open_sink
+from endoedge.edge.video.sources import open_source
 
 
 @pytest.fixture(scope="module")
@@ -561,7 +563,7 @@ def test_the_processor_freeze_counts_as_a_photo_of_the_site(tmp_path, tiny_bundl
 
 def test_an_exam_whose_end_was_recorded_is_reported_not_resumed_after_a_crash(tmp_path, tiny_bundle, clip):
     """The state a SIGKILL leaves between POST /exam/end and the report: the end record and a checkpoint."""
-    from endoedge.edge.report import CheckpointStore
+    from endoedge.edge.service.report import CheckpointStore
 
     store = CheckpointStore(tmp_path / "state")
     summary = {"exam_id": "E1", "running": False, "elapsed_s": 42.0, "end_reason": "api", "tasks": {}}
@@ -581,7 +583,7 @@ def test_an_exam_whose_end_was_recorded_is_reported_not_resumed_after_a_crash(tm
 
 
 def test_ending_an_exam_over_http_records_the_end_before_answering(tmp_path, tiny_bundle, clip):
-    from endoedge.edge.report import CheckpointStore
+    from endoedge.edge.service.report import CheckpointStore
 
     config = make_config(tmp_path, clip, tiny_bundle, status={"enabled": False}, source={"loop": True})
     daemon = Daemon(config, sink=null_sink())
@@ -648,26 +650,26 @@ def test_inference_threads_and_their_pools_run_below_the_display_loop(tmp_path, 
 def test_pixels_are_prepared_ahead_by_the_preparer_and_match_the_manifest(tmp_path, tiny_bundle, clip, monkeypatch):
     """A model slower than a frame runs back to back: its pixels are prepared in another thread, and they
     are exactly what the manifest's preprocessing makes of the frame."""
-    import endoedge.edge.daemon as daemon_module
+    import endoedge.edge.service.worker as worker_module
     from endoedge.core.preprocess import prepare_pixels
 
     threads: list[str] = []
-    real_prepare = daemon_module.prepare_pixels
+    real_prepare = worker_module.prepare_pixels
 
     def recording_prepare(image, spec, roi):
         threads.append(threading.current_thread().name)
         return real_prepare(image, spec, roi)
 
-    monkeypatch.setattr(daemon_module, "prepare_pixels", recording_prepare)
+    monkeypatch.setattr(worker_module, "prepare_pixels", recording_prepare)
     received: list[tuple[np.ndarray, object, np.ndarray]] = []
-    real_process = daemon_module.TaskWorker._process
+    real_process = worker_module.TaskWorker._process
 
     def remembering_process(self, item, loaded, detector, generation):
         if item.pixels is not None:
             received.append((item.frame.image, item.roi, item.pixels))
         return real_process(self, item, loaded, detector, generation)
 
-    monkeypatch.setattr(daemon_module.TaskWorker, "_process", remembering_process)
+    monkeypatch.setattr(worker_module.TaskWorker, "_process", remembering_process)
     config = make_config(tmp_path, clip, tiny_bundle, status={"enabled": False})
     created: list = []
     daemon = Daemon(config, sink=null_sink(), backend_factory=wrapping_factory(lambda n: 0.05, created))
@@ -685,7 +687,7 @@ def test_pixels_are_prepared_ahead_by_the_preparer_and_match_the_manifest(tmp_pa
 
 def test_status_names_the_bundle_version_running_after_current_is_switched(tmp_path, tiny_bundle, clip):
     from endoedge.core.fileio import sha256_file
-    from endoedge.edge.bundle_store import install_bundle
+    from endoedge.edge.box.bundle_store import install_bundle
 
     store = tmp_path / "store"
     first = install_bundle(tiny_bundle, store)
@@ -722,10 +724,10 @@ def test_status_names_the_bundle_version_running_after_current_is_switched(tmp_p
 
 
 def test_fresh_pacing_waits_for_a_frame_prepared_after_each_inference(tmp_path, tiny_bundle, clip, monkeypatch):
-    import endoedge.edge.daemon as daemon_module
+    import endoedge.edge.service.worker as worker_module
 
     calls = {"discard": 0, "take": 0}
-    real_discard, real_take = daemon_module.Mailbox.discard, daemon_module.Mailbox.take
+    real_discard, real_take = worker_module.Mailbox.discard, worker_module.Mailbox.take
 
     def counting_discard(self):
         calls["discard"] += 1
@@ -733,12 +735,12 @@ def test_fresh_pacing_waits_for_a_frame_prepared_after_each_inference(tmp_path, 
 
     def counting_take(self, timeout):
         item = real_take(self, timeout)
-        if isinstance(item, daemon_module._Prepared):
+        if isinstance(item, worker_module._Prepared):
             calls["take"] += 1
         return item
 
-    monkeypatch.setattr(daemon_module.Mailbox, "discard", counting_discard)
-    monkeypatch.setattr(daemon_module.Mailbox, "take", counting_take)
+    monkeypatch.setattr(worker_module.Mailbox, "discard", counting_discard)
+    monkeypatch.setattr(worker_module.Mailbox, "take", counting_take)
     config = make_config(tmp_path, clip, tiny_bundle, status={"enabled": False}, run={"ai_pacing": "fresh"})
     created: list = []
     daemon = Daemon(config, sink=null_sink(), backend_factory=wrapping_factory(lambda n: 0.05, created))

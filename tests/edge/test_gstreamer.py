@@ -15,18 +15,17 @@ import cv2
 import numpy as np
 import pytest
 
-from _helpers import private_xvfb
+from _helpers import GST_SKIP_REASON, private_xvfb
 from endoedge.core.errors import EndoedgeError
-from endoedge.edge.gst import gst_available
-from endoedge.edge.sinks import GstSink, SinkError, open_sink
-from endoedge.edge.sources import GstSource, ReconnectingSource, SourceError, open_source
+from endoedge.edge.video.gst import gst_available
+from endoedge.edge.video.sinks import GstSink, SinkError, open_sink
+from endoedge.edge.video.sources import GstSource, ReconnectingSource, SourceError, open_source
 
 pytestmark = [
     pytest.mark.gstreamer,
     pytest.mark.skipif(
         not gst_available(),
-        reason="GStreamer Python bindings absent (apt install python3-gi gir1.2-gst-plugins-base-1.0; "
-        "venv with --system-site-packages)",
+        reason=GST_SKIP_REASON,
     ),
 ]
 
@@ -332,7 +331,7 @@ def test_write_never_waits_for_a_slow_display():
 
 
 def test_hdmi_without_kms_or_jetson_elements_says_what_to_install():
-    from endoedge.edge.gst import element_available, is_jetson
+    from endoedge.edge.video.gst import element_available, is_jetson
 
     if is_jetson() or element_available("kmssink"):
         pytest.skip("kmssink (or the Jetson elements) installed: nothing is missing to report")
@@ -343,7 +342,7 @@ def test_hdmi_without_kms_or_jetson_elements_says_what_to_install():
 def test_hdmi_through_kms_without_a_display_device_fails_clearly():
     """With kmssink installed but no DRM device (a container, a headless CI runner) the real hdmi://
     pipeline is built and reports why it cannot show anything."""
-    from endoedge.edge.gst import element_available, is_jetson
+    from endoedge.edge.video.gst import element_available, is_jetson
 
     if is_jetson() or not element_available("kmssink"):
         pytest.skip("needs kmssink (gstreamer1.0-plugins-bad) on a non-Jetson machine")
@@ -521,7 +520,7 @@ def test_default_window_sink_finds_a_working_video_sink_under_xvfb(xvfb: str, tm
 
 
 def test_gstreamer_mp4_recording_without_x264_says_what_to_install(tmp_path: Path):
-    from endoedge.edge.gst import element_available
+    from endoedge.edge.video.gst import element_available
 
     if element_available("x264enc"):
         pytest.skip("x264enc is installed here")

@@ -1,7 +1,7 @@
 """Regression: loading GStreamer before TensorFlow/matplotlib must not crash the process.
 
 Importing matplotlib's C extensions after GStreamer's GstApp/GstVideo typelibs crashed the interpreter
-(SIGSEGV/SIGABRT) with the pinned wheels; ``endoedge.edge.gst.load_gst`` preloads matplotlib first.
+(SIGSEGV/SIGABRT) with the pinned wheels; ``endoedge.edge.video.gst.load_gst`` preloads matplotlib first.
 """
 
 from __future__ import annotations
@@ -11,14 +11,15 @@ import sys
 
 import pytest
 
-from endoedge.edge.gst import gst_available
+from _helpers import GST_SKIP_REASON
+from endoedge.edge.video.gst import gst_available
 
 
-@pytest.mark.skipif(not gst_available(), reason="GStreamer Python bindings absent")
+@pytest.mark.skipif(not gst_available(), reason=GST_SKIP_REASON)
 def test_gstreamer_then_matplotlib_and_tensorflow_does_not_crash() -> None:
     pytest.importorskip("matplotlib")
     code = (
-        "from endoedge.edge.gst import load_gst; load_gst()\n"
+        "from endoedge.edge.video.gst import load_gst; load_gst()\n"
         "import matplotlib.pyplot\n"
         "try:\n    import tensorflow\nexcept ImportError:\n    pass\n"
         "print('alive')\n"

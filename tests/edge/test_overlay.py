@@ -12,7 +12,7 @@ from endoedge.core.errors import ConfigError
 from endoedge.core.labels import BUILTIN_LABELSETS, get_labelset
 from endoedge.core.preprocess import FieldROI, full_frame_roi
 from endoedge.core.synthetic import TowerLayout, tower_frame
-from endoedge.edge.overlay import (
+from endoedge.edge.stages.overlay import (
     BUNDLED_FONT,
     BUNDLED_FONT_CHARS,
     GRADE_COLOURS,
@@ -25,7 +25,7 @@ from endoedge.edge.overlay import (
     load_font,
     wrap_text,
 )
-from endoedge.edge.types import ExamCheck, OverlayState, SiteCell
+from endoedge.edge.stages.types import ExamCheck, OverlayState, SiteCell
 
 EGD30 = get_labelset("egd30")
 
@@ -302,7 +302,7 @@ def test_font_subset_covers_label_sets_and_overlay_words():
         for text in words.values():
             needed |= set(text)
     missing = sorted(needed - covered - {" "})
-    assert not missing, f"rebuild the font subset (src/endoedge/edge/fonts/build_subset.py): {missing}"
+    assert not missing, f"rebuild the font subset (src/endoedge/edge/stages/fonts/build_subset.py): {missing}"
     fonttools = pytest.importorskip("fontTools.ttLib")
     cmap = fonttools.TTFont(str(BUNDLED_FONT)).getBestCmap()
     assert all(ord(ch) in cmap for ch in covered), "the chars list claims glyphs the font lacks"

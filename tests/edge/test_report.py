@@ -8,8 +8,8 @@ import cv2
 import numpy as np
 
 from endoedge.core.labels import GASTROVISION3
-from endoedge.edge.coverage import CoverageTracker
-from endoedge.edge.report import CheckpointStore, build_report, render_report_png, write_report
+from endoedge.edge.service.report import CheckpointStore, build_report, render_report_png, write_report
+from endoedge.edge.stages.coverage import CoverageTracker
 
 
 def summary(exam_id: str = "20261122T090000Z-001") -> dict:
@@ -59,7 +59,7 @@ def test_a_full_disk_leaves_no_half_written_report(tmp_path):
 import resource, signal, sys
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 resource.setrlimit(resource.RLIMIT_FSIZE, (2000, 2000))
-from endoedge.edge.report import build_report, write_report
+from endoedge.edge.service.report import build_report, write_report
 sys.path.insert(0, {str(__file__.rsplit("/", 1)[0])!r})
 from test_report import summary
 try:

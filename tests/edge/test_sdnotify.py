@@ -5,7 +5,7 @@ import socket
 
 import pytest
 
-from endoedge.edge.sdnotify import Notifier
+from endoedge.edge.service.sdnotify import Notifier
 
 
 @pytest.fixture

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from endoedge.core.errors import ConfigError
-from endoedge.edge.sinks import (
+from endoedge.edge.types import Sink
+from endoedge.edge.video.sinks import (
     SINKS,
     NullSink,
     SinkError,
@@ -20,7 +21,6 @@ from endoedge.edge.sinks import (
     open_sink,
     window_tail,
 )
-from endoedge.edge.types import Sink
 
 SIZE = (320, 240)
 

@@ -5,7 +5,7 @@ import itertools
 import numpy as np
 import pytest
 
-from endoedge.edge.smoothing import DwellGate, EmaFilter, HmmFilter, Smoother
+from endoedge.edge.stages.smoothing import DwellGate, EmaFilter, HmmFilter, Smoother
 
 
 def one_hot(i: int, n: int = 4, p: float = 0.9) -> np.ndarray:

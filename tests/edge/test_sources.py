@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from endoedge.core.errors import ConfigError
-from endoedge.edge.sources import (
+from endoedge.edge.types import Source
+from endoedge.edge.video.sources import (
     SOURCES,
     FfmpegStreamSource,
     ImageFolderSource,
@@ -25,7 +26,6 @@ from endoedge.edge.sources import (
     v4l2_gst_pipeline,
     v4l2_settings,
 )
-from endoedge.edge.types import Source
 
 CLIP_FPS = 30.0
 CLIP_SIZE = (320, 240)
@@ -398,7 +398,7 @@ class _FakeCaptureCard:
 
 
 def test_v4l2_source_negotiates_captures_and_reports_a_pulled_cable(monkeypatch, tmp_path: Path, caplog):
-    import endoedge.edge.sources as sources_module
+    import endoedge.edge.video.sources as sources_module
 
     device = tmp_path / "video0"
     device.touch()
@@ -426,7 +426,7 @@ def test_v4l2_source_negotiates_captures_and_reports_a_pulled_cable(monkeypatch,
 
 
 def test_driver_timestamps_on_another_clock_are_not_trusted():
-    from endoedge.edge.sources import driver_timestamp
+    from endoedge.edge.video.sources import driver_timestamp
 
     assert driver_timestamp(99_000.0, 100.0) == pytest.approx(99.0)
     assert driver_timestamp(0.0, 100.0) == 100.0  # no stamp

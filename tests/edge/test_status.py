@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from endoedge.core.errors import ConfigError
 from endoedge.edge.config import StatusConfig
-from endoedge.edge.status import Metric, RateLimiter, StatusServer, prometheus_text, read_token
+from endoedge.edge.service.status import Metric, RateLimiter, StatusServer, prometheus_text, read_token
 
 TOKEN = "s3cret-token-0123456789"
 

@@ -300,7 +300,7 @@ def test_tflite_int8_can_keep_its_worst_layers_float(tiny_run, export_dataset, t
 
 def test_trt_formats_delegate_to_the_engine_builder_on_a_target(tiny_run, export_dataset, tmp_path, monkeypatch):
     """No GPU here: the requirement check and TensorRT's builder are replaced; the export path is real."""
-    from endoedge.edge import trt_engine
+    from endoedge.edge.box import trt_engine
     from endoedge.export import pipeline
     from endoedge.export.verify import verify_bundle
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-import endoedge.edge.daemon as daemon_module
+import endoedge.edge.service.daemon as daemon_module
 from endoedge.core.errors import EndoedgeError
 
 CONTROL = Path(os.environ["ENDOEDGE_TEST_BACKEND_CONTROL"])

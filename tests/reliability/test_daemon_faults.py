@@ -35,13 +35,15 @@ from _daemon_harness import (
     write_clip,
 )
 
+from _helpers import needs_gstreamer
 from endoedge.core.synthetic import TowerLayout
 
-pytest.importorskip("endoedge.edge.daemon", reason="the daemon module is not built yet")
+pytest.importorskip("endoedge.edge.service.daemon", reason="the daemon module is not built yet")
 pytest.importorskip("ai_edge_litert", reason="the daemon tests run the real LiteRT backend")
 
 GST_LAUNCH = shutil.which("gst-launch-1.0")
-needs_gst = pytest.mark.skipif(GST_LAUNCH is None, reason="gst-launch-1.0 (GStreamer tools) is not installed")
+# The MJPEG server is gst-launch-1.0 and the daemon reads it through a gst:// source (Python bindings).
+needs_gst = needs_gstreamer
 
 #: Fast reconnection and backend restarts, so many faults fit in one test.
 FAST_RECOVERY = [
@@ -231,6 +233,7 @@ def _jpeg(image: np.ndarray) -> bytes:
     return data.tobytes()
 
 
+@needs_gst
 def test_corrupt_and_odd_frames_never_crash_the_daemon(
     tmp_path: Path, tiny_bundle: Path, frames: list[np.ndarray], sample_images: list[Path]
 ) -> None:

@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 
 from endoedge.core.fileio import sha256_file
 
-pytest.importorskip("endoedge.edge.daemon", reason="the daemon module is not built yet")
+pytest.importorskip("endoedge.edge.service.daemon", reason="the daemon module is not built yet")
 pytest.importorskip("ai_edge_litert", reason="the daemon tests run the real LiteRT backend")
 
 ROOT = Path(__file__).resolve().parents[2]

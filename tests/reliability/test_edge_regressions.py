@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-report = pytest.importorskip("endoedge.edge.report", reason="the daemon's report module is not built yet")
+report = pytest.importorskip("endoedge.edge.service.report", reason="the daemon's report module is not built yet")
 
 
 def test_checkpoint_load_removes_temporaries_left_by_a_killed_writer(tmp_path: Path) -> None:
@@ -34,7 +34,7 @@ def test_report_writer_removes_a_partial_report_of_the_same_exam(tmp_path: Path)
     assert not partial.exists() and other.exists()
 
 
-status = pytest.importorskip("endoedge.edge.status")
+status = pytest.importorskip("endoedge.edge.service.status")
 
 
 class _Provider:

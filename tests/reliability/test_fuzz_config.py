@@ -99,7 +99,7 @@ _override_values = st.text(alphabet=string.printable, max_size=20) | st.sampled_
 
 @pytest.mark.parametrize("profile", PROFILES)
 def test_config_files_accept_or_reject_in_one_line(profile: str, tmp_path: Path) -> None:
-    from endoedge.edge.check_config_cli import check_config
+    from endoedge.edge.service.check_config_cli import check_config
 
     tally = Tally()
     checked = Tally()

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-pytest.importorskip("endoedge.edge.daemon", reason="the daemon module is not built yet")
+pytest.importorskip("endoedge.edge.service.daemon", reason="the daemon module is not built yet")
 pytest.importorskip("ai_edge_litert", reason="the soak runs the real LiteRT backend")
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -14,8 +14,8 @@ from _fakebundle import make_bundle
 
 from endoedge.core.bundle import open_bundle
 from endoedge.core.errors import BundleError, ChecksumError
-from endoedge.edge import bundle_store
-from endoedge.edge.bundle_store import current_bundle, history, install_bundle, list_bundles, rollback
+from endoedge.edge.box import bundle_store
+from endoedge.edge.box.bundle_store import current_bundle, history, install_bundle, list_bundles, rollback
 
 
 def _payload(path: Path) -> bytes:

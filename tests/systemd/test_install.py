@@ -14,7 +14,7 @@ from _fakebundle import make_bundle
 
 from endoedge.cli import main as cli_main
 from endoedge.core.errors import EndoedgeError
-from endoedge.edge.install import (
+from endoedge.edge.box.install import (
     Installer,
     InstallError,
     InstallOptions,
@@ -306,7 +306,7 @@ def test_real_install_needs_root(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def cli_main_raise(argv: list[str]) -> int:
-    from endoedge.edge.install_cli import main
+    from endoedge.edge.box.install_cli import main
 
     return main(argv[1:])
 
@@ -330,7 +330,7 @@ class Recorder:
 
 def test_real_root_user_and_systemctl_commands(monkeypatch: pytest.MonkeyPatch) -> None:
     """On / the user and systemctl steps run their commands (recorded here, not executed)."""
-    from endoedge.edge import install
+    from endoedge.edge.box import install
 
     recorder = Recorder()
     lines: list[str] = []
@@ -371,7 +371,7 @@ def test_uninstall_tolerates_a_service_that_is_already_gone(tmp_path: Path) -> N
 
 
 def test_cuda_layer_matches_the_jetpack() -> None:
-    from endoedge.edge.install import Platform, cuda_requirement
+    from endoedge.edge.box.install import Platform, cuda_requirement
 
     assert cuda_requirement(Platform("R36.4.3", "JetPack 6", "10.3.0.30", "3.10.12")) == "cuda-python>=12.6,<13"
     assert cuda_requirement(Platform("R38.2.0", "JetPack 7", "10.13.3", "3.12.3")) == "cuda-python>=13,<14"
@@ -400,7 +400,7 @@ def test_network_drop_in_follows_the_config(tmp_path: Path) -> None:
 
 
 def test_network_allowlist() -> None:
-    from endoedge.edge.install import network_allowlist
+    from endoedge.edge.box.install import network_allowlist
 
     assert network_allowlist({}) == ([], [])
     assert network_allowlist({"source": {"uri": "rtsp://[fd00::5]/s"}})[0] == ["fd00::5"]

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from endoedge.__about__ import __version__
-from endoedge.edge.install import tree_digest
+from endoedge.edge.box.install import tree_digest
 
 ROOT = Path(__file__).resolve().parents[2]
 PYTHON = "/usr/bin/python3"
@@ -65,10 +65,10 @@ def test_real_venv_from_a_wheel(tmp_path: Path, wheel: Path) -> None:
     with zipfile.ZipFile(wheel) as src, zipfile.ZipFile(changed, "w") as dst:
         for item in src.infolist():
             data = src.read(item)
-            if item.filename == "endoedge/edge/install.py":
+            if item.filename == "endoedge/edge/box/install.py":
                 data += b"\n# changed\n"
             dst.writestr(item, data)
     third = _install(root, changed)
     assert "--force-reinstall --no-deps" in third
-    installed = next(venv.glob("lib/python3*/site-packages/endoedge/edge/install.py"))
+    installed = next(venv.glob("lib/python3*/site-packages/endoedge/edge/box/install.py"))
     assert installed.read_text().endswith("# changed\n")

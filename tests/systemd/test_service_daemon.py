@@ -24,7 +24,7 @@ from _helpers import NotifyListener
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "trt"))
 from _onnxbundle import MIX, onnx_bundle
 
-from endoedge.edge.bundle_store import install_bundle, rollback
+from endoedge.edge.box.bundle_store import install_bundle, rollback
 
 ROOT = Path(__file__).resolve().parents[2]
 UNIT = ROOT / "systemd" / "endoedge.service"

@@ -17,7 +17,7 @@ from types import ModuleType
 import pytest
 from _onnxbundle import onnx_bundle
 
-from endoedge.edge.install import Installer, InstallOptions, tree_digest
+from endoedge.edge.box.install import Installer, InstallOptions, tree_digest
 
 ROOT = Path(__file__).resolve().parents[2]
 FAKES = Path(__file__).resolve().parent / "fakes"
@@ -113,7 +113,7 @@ def test_engine_command_skips_models_tensorrt_cannot_run(
 
 
 def test_a_failed_engine_build_stops_before_the_service_is_enabled(tmp_path: Path) -> None:
-    from endoedge.edge.install import InstallError
+    from endoedge.edge.box.install import InstallError
 
     root = tmp_path / "root"
     config = root / "etc/endoedge/config.yaml"

@@ -16,8 +16,8 @@ from _onnxbundle import onnx_bundle
 from endoedge.core.bundle import open_bundle
 from endoedge.core.errors import BundleError, EndoedgeError, MissingDependencyError
 from endoedge.core.fileio import sha256_file
-from endoedge.edge import trt_engine
-from endoedge.edge.trt_engine import (
+from endoedge.edge.box import trt_engine
+from endoedge.edge.box.trt_engine import (
     BuildOptions,
     BuildProgress,
     EngineBuildError,
@@ -126,7 +126,7 @@ def test_cache_hit_and_every_way_a_cached_engine_is_refused(tmp_path: Path, capl
     assert {p.stat().st_mode & 0o777 for p in (stored.path, cache.sidecar_path(KEY))} == {0o644}
     hit = cache.lookup(KEY)
     assert hit is not None and hit.path == stored.path and not hit.built
-    caplog.set_level(logging.INFO, logger="endoedge.edge.trt_engine")
+    caplog.set_level(logging.INFO, logger="endoedge.edge.box.trt_engine")
 
     # A sidecar recording another key (e.g. copied from another box) is refused, and the log says why.
     cache.sidecar_path(KEY).write_text(json.dumps({**sidecar, "key": {**KEY.to_dict(), "sm_count": 8}}))
@@ -258,7 +258,7 @@ def test_dla_core(fake_trt: ModuleType, tmp_path: Path) -> None:
 def test_progress_and_duration_are_logged(
     fake_trt: ModuleType, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="endoedge.edge.trt_engine")
+    caplog.set_level(logging.INFO, logger="endoedge.edge.box.trt_engine")
     lines: list[str] = []
     ensure_engine(_bundle(tmp_path), "trt-fp16", tmp_path / "cache", progress=BuildProgress(lines.append, 0.0))
     assert lines == [
@@ -281,7 +281,7 @@ def test_progress_lines_are_rate_limited() -> None:
 
 
 def test_heartbeat_while_a_phase_is_silent(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="endoedge.edge.trt_engine")
+    caplog.set_level(logging.INFO, logger="endoedge.edge.box.trt_engine")
     done = threading.Event()
     with trt_engine._heartbeat("engine X", every=0.02):
         done.wait(0.15)

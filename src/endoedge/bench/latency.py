@@ -171,7 +171,7 @@ def runnable_formats(bundle: Bundle, formats: Sequence[str] | None = None) -> li
     """``(format, backend, skip reason)`` for each artifact (reason "" when it can run here).
 
     TensorRT engines are included even when the bundle does not list them: the ``tensorrt`` backend
-    builds them on the target from the bundle's ONNX (see ``endoedge.edge.trt_engine``).
+    builds them on the target from the bundle's ONNX (see ``endoedge.edge.box.trt_engine``).
     """
     from endoedge.edge.backends import BACKENDS, choose_format, is_available
 

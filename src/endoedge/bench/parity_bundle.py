@@ -9,7 +9,7 @@ The reference, in order of preference (``reference="auto"``):
    so a different image or a preprocessing difference is reported as such, not as a model difference.
 
 Video-level parity runs each artifact on every frame of a clip, feeds the probabilities through the
-daemon's smoother (:class:`endoedge.edge.smoothing.Smoother`) and compares the displayed-site
+daemon's smoother (:class:`endoedge.edge.stages.smoothing.Smoother`) and compares the displayed-site
 sequence with the reference's: frame agreement, number of site changes, and the delay of each site's
 first display.
 """
@@ -354,7 +354,7 @@ def clip_pixels(frames: Sequence[np.ndarray], bundle: Bundle) -> np.ndarray:
 
 def displayed_sequence(probs: np.ndarray, fps: float, smoothing: dict[str, Any] | None = None) -> list[int | None]:
     """The class the daemon would display on each frame, given per-frame probabilities."""
-    from endoedge.edge.smoothing import Smoother
+    from endoedge.edge.stages.smoothing import Smoother
 
     smoother = Smoother(probs.shape[1], **(smoothing or {}))
     return [smoother.update(p, i / fps).index for i, p in enumerate(probs)]

@@ -1,6 +1,6 @@
 """Pipeline figures of the edge daemon on replayed video (the performance section of issue #5).
 
-The real daemon (:class:`endoedge.edge.daemon.Daemon`: display loop, newest-frame inference worker,
+The real daemon (:class:`endoedge.edge.service.daemon.Daemon`: display loop, newest-frame inference worker,
 smoothing, coverage, overlay renderer, ``null://`` sink) runs on 1080p frames delivered at a fixed
 rate by a capture thread, and :meth:`Daemon.stats` gives the figures:
 
@@ -35,8 +35,8 @@ import numpy as np
 from endoedge.core.bundle import open_bundle
 from endoedge.core.errors import ConfigError
 from endoedge.core.preprocess import FieldDetector, prepare_pixels, read_image
-from endoedge.edge.sources import CapturedSource
 from endoedge.edge.types import Backend
+from endoedge.edge.video.sources import CapturedSource
 
 #: FDA-accepted added video delay of a colonoscopy CADe device, used as the bar at 1080p.
 VIDEO_DELAY_BAR_MS = 5.75
@@ -256,8 +256,9 @@ def run_daemon(
         StateConfig,
         StatusConfig,
     )
-    from endoedge.edge.daemon import Daemon, load_backend
-    from endoedge.edge.sinks import NullSink
+    from endoedge.edge.service.daemon import Daemon
+    from endoedge.edge.service.worker import load_backend
+    from endoedge.edge.video.sinks import NullSink
 
     options: dict[str, Any] = {"threads": threads} if threads else {}
     model = ModelConfig(name="model", bundle=str(bundle_path), backend=backend, options=options, timeout_s=60.0)

@@ -31,7 +31,7 @@ class _Strict(BaseModel):
 
 
 class SourceConfig(_Strict):
-    """Where frames come from (see ``endoedge.edge.sources``)."""
+    """Where frames come from (see ``endoedge.edge.video.sources``)."""
 
     uri: str = Field(default="v4l2:///dev/video0", description="v4l2://, file://, images://, gst://, rtsp://")
     options: dict[str, Any] = Field(default_factory=dict, description="passed to open_source (width, fps, ...)")
@@ -45,7 +45,7 @@ class SourceConfig(_Strict):
 
 
 class SinkConfig(_Strict):
-    """Where frames go (see ``endoedge.edge.sinks``)."""
+    """Where frames go (see ``endoedge.edge.video.sinks``)."""
 
     uri: str = Field(default="hdmi://", description="hdmi://, window://, file://out.mp4, null://")
     options: dict[str, Any] = Field(default_factory=dict)
@@ -88,7 +88,7 @@ class ModelConfig(_Strict):
 
 
 class SmoothingConfig(_Strict):
-    """Temporal smoothing and display hysteresis (see ``endoedge.edge.smoothing``)."""
+    """Temporal smoothing and display hysteresis (see ``endoedge.edge.stages.smoothing``)."""
 
     method: Literal["hmm", "ema"] = "hmm"
     half_life_s: float = Field(default=0.3, gt=0, le=30)

@@ -1,7 +1,7 @@
 """``endoedge bundle``: verify a bundle; install or roll back bundles in the box's store.
 
 ``verify`` needs no TensorFlow (it runs on a Jetson); ``install``/``rollback``/``list`` are thin
-wrappers over :mod:`endoedge.edge.bundle_store`, imported only when used.
+wrappers over :mod:`endoedge.edge.box.bundle_store`, imported only when used.
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ DEFAULT_STORE = "/var/lib/endoedge/bundles"
 
 def _store_module() -> Any:
     try:
-        return importlib.import_module("endoedge.edge.bundle_store")
+        return importlib.import_module("endoedge.edge.box.bundle_store")
     except ModuleNotFoundError as exc:
-        if exc.name == "endoedge.edge.bundle_store":
-            raise EndoedgeError("bundle install/rollback is not built yet (endoedge.edge.bundle_store)") from None
+        if exc.name == "endoedge.edge.box.bundle_store":
+            raise EndoedgeError("bundle install/rollback is not built yet (endoedge.edge.box.bundle_store)") from None
         raise
 
 

@@ -1,7 +1,7 @@
-"""TensorRT engines from an export: delegated to :mod:`endoedge.edge.trt_engine` on the target.
+"""TensorRT engines from an export: delegated to :mod:`endoedge.edge.box.trt_engine` on the target.
 
 Engines are specific to the GPU, TensorRT version and precision they were built with, so they are
-built on the Jetson itself (the engine builder and its cache live in ``endoedge.edge.trt_engine``;
+built on the Jetson itself (the engine builder and its cache live in ``endoedge.edge.box.trt_engine``;
 the daemon normally builds and caches engines there with ``ensure_engine``; this path only serves
 ``endoedge export --formats trt-*`` run on the target, which puts the engine into the bundle).
 Asking ``endoedge export`` for ``trt-fp16``/``trt-int8`` works only where TensorRT is installed; the
@@ -28,10 +28,10 @@ def engine_builder() -> Any:
         ExportError: It is not part of this installation yet.
     """
     try:
-        return importlib.import_module("endoedge.edge.trt_engine")
+        return importlib.import_module("endoedge.edge.box.trt_engine")
     except ModuleNotFoundError as exc:
-        if exc.name == "endoedge.edge.trt_engine":
-            raise ExportError("the TensorRT engine builder (endoedge.edge.trt_engine) is not built yet") from None
+        if exc.name == "endoedge.edge.box.trt_engine":
+            raise ExportError("the TensorRT engine builder (endoedge.edge.box.trt_engine) is not built yet") from None
         raise
 
 

@@ -210,7 +210,7 @@ def choose_format(name: str, manifest: ModelManifest, fmt: str | None = None) ->
 def _buildable_on_target(fmt: str, have: Mapping[str, Artifact]) -> bool:
     """True for an engine format (``trt-*``) the backend builds on this device from an ONNX the bundle has."""
     from endoedge.core.formats import FORMATS
-    from endoedge.edge.trt_engine import ENGINE_SOURCES
+    from endoedge.edge.box.trt_engine import ENGINE_SOURCES
 
     if fmt not in FORMATS or not FORMATS[fmt].target_only:
         return False

@@ -1,7 +1,7 @@
 """TensorRT backend: engines from the engine cache (built on this device), tensor-address API.
 
 The bundle normally ships ONNX only; the engine for this GPU comes from
-:func:`endoedge.edge.trt_engine.ensure_engine` (cache hit, or a build at first start). A bundle made on
+:func:`endoedge.edge.box.trt_engine.ensure_engine` (cache hit, or a build at first start). A bundle made on
 this very device by ``endoedge export trt`` may carry the engine as a ``trt-*`` artifact instead.
 
 Per inference: pixels are normalised (or quantised) from the manifest into a page-locked host buffer,
@@ -23,7 +23,7 @@ import numpy as np
 from endoedge.core.bundle import Bundle
 from endoedge.core.manifest import Artifact
 from endoedge.edge.backends import BackendError, BaseBackend
-from endoedge.edge.trt_engine import (
+from endoedge.edge.box.trt_engine import (
     DEFAULT_CACHE_DIR,
     BuildOptions,
     CachedEngine,
@@ -59,8 +59,8 @@ class TensorRTBackend(BaseBackend):
         build: Build a missing engine at load (default True; False fails fast instead).
         rebuild: Rebuild even when a valid engine is cached.
         workspace_mib, dla_core, max_batch, optimization_level: Build settings
-            (see :class:`~endoedge.edge.trt_engine.BuildOptions`).
-        cuda: A :class:`~endoedge.edge.trt_engine.CudaApi` (default: pycuda, else cuda-python).
+            (see :class:`~endoedge.edge.box.trt_engine.BuildOptions`).
+        cuda: A :class:`~endoedge.edge.box.trt_engine.CudaApi` (default: pycuda, else cuda-python).
     """
 
     name = "tensorrt"

@@ -215,7 +215,7 @@ def main(argv: Sequence[str], prog: str = "endoedge run") -> int:
         print(config.model_dump_json(indent=2))
         return 0
     setup_logging(config.logging.level, config.logging.format)
-    from endoedge.edge.daemon import Daemon
+    from endoedge.edge.service.daemon import Daemon
 
     daemon = Daemon(config)
     return daemon.run()

@@ -23,9 +23,9 @@ def check_config(config: DaemonConfig, where: str, bundles: bool = False) -> lis
         ConfigError: Unknown URI scheme, bad overlay option; with ``bundles``, a refused bundle.
         BundleError, ManifestError, ChecksumError: With ``bundles``, a bundle that would be refused.
     """
-    from endoedge.edge.overlay import OverlayOptions
-    from endoedge.edge.sinks import SINKS
-    from endoedge.edge.sources import SOURCES, coerce_options, split_uri
+    from endoedge.edge.stages.overlay import OverlayOptions
+    from endoedge.edge.video.sinks import SINKS
+    from endoedge.edge.video.sources import SOURCES, coerce_options, split_uri
 
     sections: tuple[tuple[str, str, dict[str, Any], Mapping[str, Any]], ...] = (
         ("source", config.source.uri, config.source.options, SOURCES),
@@ -54,7 +54,7 @@ def check_config(config: DaemonConfig, where: str, bundles: bool = False) -> lis
         lines.append(f"task {task.name} ({task.type}): models {', '.join(m for m in models if m)}")
     if bundles:
         from endoedge.core.bundle import open_bundle
-        from endoedge.edge.tasks import check_manifest
+        from endoedge.edge.stages.tasks import check_manifest
 
         for task in config.tasks:
             roles = (

@@ -1,10 +1,10 @@
 """``endoedge demo``: the real daemon on the bundled sample clip with the bundled default model.
 
-What runs is exactly what ``endoedge run`` runs (:class:`endoedge.edge.daemon.Daemon` with the real file
+What runs is exactly what ``endoedge run`` runs (:class:`endoedge.edge.service.daemon.Daemon` with the real file
 source, inference worker, smoothing, coverage, exam clock, overlay renderer, recorder and procedure
 report); the demo only chooses the inputs and watches the output through the daemon's public hooks:
 
-* the source is opened with :func:`endoedge.edge.sources.open_source` and wrapped to remember which clip
+* the source is opened with :func:`endoedge.edge.video.sources.open_source` and wrapped to remember which clip
   frame each capture time belongs to;
 * the overlay renderer is wrapped to remember what the overlay showed on each frame;
 * the sink fans out to the product's own recorder (``file://…/overlay.mp4``) and, with a display or
@@ -18,8 +18,10 @@ Pacing: with a live view the clip is played in real time, like a capture card, a
 those of a live tower (on a machine too slow for 25 fps at 1080p, frames are dropped and counted, also
 in the recording). Without a live view the clip is processed as fast as the machine allows with every
 frame recorded (the recorder holds the loop back instead of dropping), so ``overlay.mp4`` is complete on
-any machine; exam times are then wall-clock. ``--realtime`` / ``--fast`` choose explicitly; ``--quick``
-processes only the first seconds, unpaced (CI).
+any machine, and the AI sees every frame (the loop waits for each result). Either way the exam clock,
+dwell and observation times follow the clip's own presentation times (the daemon's media clock), so
+both give the same report. ``--realtime`` / ``--fast`` choose explicitly; ``--quick`` processes only the
+first seconds, unpaced (CI).
 """
 
 from __future__ import annotations
@@ -45,7 +47,8 @@ from endoedge.core.errors import EndoedgeError, MissingDependencyError, one_line
 from endoedge.core.fileio import atomic_write_bytes, atomic_write_json
 from endoedge.core.manifest import ModelManifest
 from endoedge.core.preprocess import FieldROI
-from endoedge.edge.types import Frame, OverlayState, Sink, Source
+from endoedge.edge.stages.types import OverlayState
+from endoedge.edge.types import Frame, Sink, Source
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +66,7 @@ DEMO_MIN_INSPECTION_MIN = 0.5
 
 def repository_root() -> Path | None:
     """The source checkout this package runs from (an editable install), or ``None``."""
-    for candidate in (Path.cwd(), Path(__file__).resolve().parents[3]):
+    for candidate in (Path.cwd(), Path(__file__).resolve().parents[4]):
         if (candidate / DEFAULT_BUNDLE / "manifest.json").is_file() or (candidate / DEFAULT_CLIP).is_file():
             return candidate
     return None
@@ -404,10 +407,10 @@ def run_demo(opts: DemoOptions) -> DemoResult:
         EndoedgeError: Missing bundle or clip, a bundle the daemon refuses, an unusable output folder.
     """
     from endoedge.edge.config import config_from_dict
-    from endoedge.edge.daemon import Daemon
-    from endoedge.edge.overlay import OverlayRenderer
-    from endoedge.edge.sinks import open_sink
-    from endoedge.edge.sources import open_source
+    from endoedge.edge.service.daemon import Daemon
+    from endoedge.edge.stages.overlay import OverlayRenderer
+    from endoedge.edge.video.sinks import open_sink
+    from endoedge.edge.video.sources import open_source
 
     bundle = _resolve(opts.bundle, "model bundle", "--bundle")
     clip = _resolve(opts.clip, "sample clip", "--clip")
@@ -590,9 +593,9 @@ def format_summary(summary: dict[str, Any]) -> str:
     exam = summary["exam"]
     if exam:
         duration = exam.get("duration_s")
-        clock = "" if summary["mode"] == "realtime" else " (wall-clock: the clip was not paced)"
         lines.append(
-            f"  exam: {duration:.1f} s{clock}; started: {exam.get('start_reason')}; ended: {exam.get('end_reason')}"
+            f"  exam: {duration:.1f} s of clip time; started: {exam.get('start_reason')}; "
+            f"ended: {exam.get('end_reason')}"
             if isinstance(duration, int | float)
             else f"  exam: {exam}"
         )
@@ -652,7 +655,7 @@ def main(argv: Sequence[str], prog: str = "endoedge demo") -> int:
         verbose=args.verbose,
     )
     if options.verbose:
-        from endoedge.edge.cli import setup_logging
+        from endoedge.edge.service.run_cli import setup_logging
 
         setup_logging("info")
     else:

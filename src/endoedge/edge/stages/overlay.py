@@ -1,6 +1,6 @@
 """The overlay renderer: current site, coverage map, exam timer, hemorrhoid grade, AI status, no signal.
 
-Pure: a BGR frame, an :class:`~endoedge.edge.types.OverlayState` and the endoscopic field's ROI in, a
+Pure: a BGR frame, an :class:`~endoedge.edge.stages.types.OverlayState` and the endoscopic field's ROI in, a
 new BGR frame out; no I/O, and everything it shows comes from the state (the exam clock included). The
 only use of time is the per-frame drawing budget: an element whose new text has not been drawn yet
 keeps its previous look for a frame or two (``build_budget_ms=0`` makes every frame complete, as
@@ -40,7 +40,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from endoedge.core.errors import ConfigError
 from endoedge.core.preprocess import FieldROI
-from endoedge.edge.types import EXAM_CHECK_NAMES, OverlayState, SiteCell
+from endoedge.edge.stages.types import EXAM_CHECK_NAMES, OverlayState, SiteCell
 
 log = logging.getLogger(__name__)
 

@@ -25,6 +25,7 @@ backoff.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 import time
@@ -341,6 +342,9 @@ class VideoFileSource(CapturedSource):
         self.loop = loop
         self.frame_count = int(self._cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
         self._decoded = 0
+        # Added to the container's times after each rewind, so a looping file's time keeps increasing.
+        self._loop_offset = 0.0
+        self._last_pts = -1.0
         self._start()
 
     def _grab(self) -> tuple[np.ndarray, float | None]:
@@ -354,7 +358,16 @@ class VideoFileSource(CapturedSource):
             ok, image = self._cap.read()
             if not ok:
                 raise SourceError("cannot rewind the video to loop it", self.path)
-        pts = self._decoded / self.fps if self.fps > 0 else None
+            self._loop_offset = self._last_pts + (1.0 / self.fps if self.fps > 0 else 0.0)
+        # The container's presentation time of this frame, so a replay paced at another rate (``fps``) or
+        # not paced at all still tells the daemon's media clock the clip's own time.
+        stamp_ms = float(self._cap.get(cv2.CAP_PROP_POS_MSEC))
+        if math.isfinite(stamp_ms) and stamp_ms >= 0.0:
+            pts: float | None = self._loop_offset + stamp_ms / 1000.0
+        else:
+            pts = self._decoded / self.fps if self.fps > 0 else None
+        if pts is not None:
+            self._last_pts = pts
         self._decoded += 1
         return image, pts
 
@@ -567,7 +580,7 @@ def v4l2_gst_pipeline(
     if height:
         fields.append(f"height={height}")
     if fps:
-        from endoedge.edge.gst import caps_framerate
+        from endoedge.edge.video.gst import caps_framerate
 
         fields.append(f"framerate={caps_framerate(fps)}")
     extra = "".join("," + f for f in fields)
@@ -593,7 +606,7 @@ def v4l2_gst_pipeline(
 
 
 class GstSource:
-    """A GStreamer capture pipeline ending in ``appsink`` (see :class:`endoedge.edge.gst.AppSinkPipeline`).
+    """A GStreamer capture pipeline ending in ``appsink`` (see :class:`endoedge.edge.video.gst.AppSinkPipeline`).
 
     Args:
         uri: The source URI (for messages).
@@ -615,7 +628,7 @@ class GstSource:
         sync: bool = False,
         start_timeout: float = 5.0,
     ) -> None:
-        from endoedge.edge.gst import AppSinkPipeline
+        from endoedge.edge.video.gst import AppSinkPipeline
 
         if "appsink" not in pipeline:
             pipeline = f"{pipeline} ! videoconvert ! appsink name=endoedge_sink"
@@ -892,7 +905,7 @@ def _open_v4l2(uri: str, target: str, o: dict[str, Any]) -> Source:
         if not os.path.exists(target):
             present = ", ".join(v4l2_devices()) or "none"
             raise SourceError(f"no such capture device (video devices present: {present})", target)
-        from endoedge.edge.gst import is_jetson
+        from endoedge.edge.video.gst import is_jetson
 
         pipeline = v4l2_gst_pipeline(target, o["fourcc"], o["width"], o["height"], o["fps"], jetson=is_jetson())
         return GstSource(uri, pipeline, fps=o["fps"])
@@ -909,7 +922,7 @@ def _open_rtsp(uri: str, target: str, o: dict[str, Any]) -> Source:
         return FfmpegStreamSource(stream, open_timeout=o["start_timeout"], read_timeout=o["start_timeout"])
     if o["backend"] != "gst":
         raise ConfigError(f"backend must be gst or ffmpeg, got {o['backend']!r}", uri)
-    from endoedge.edge.gst import is_jetson
+    from endoedge.edge.video.gst import is_jetson
 
     pipeline = rtsp_gst_pipeline(stream, o["latency"], o["transport"], jetson=is_jetson())
     return GstSource(uri, pipeline, start_timeout=o["start_timeout"])

@@ -34,8 +34,8 @@ import cv2
 import numpy as np
 
 from endoedge.core.errors import ConfigError, EndoedgeError
-from endoedge.edge.sources import coerce_options, split_uri
 from endoedge.edge.types import Sink
+from endoedge.edge.video.sources import coerce_options, split_uri
 
 log = logging.getLogger(__name__)
 
@@ -267,7 +267,7 @@ class GstSink(_SizedSink):
         queue_frames: int = 2,
         start_timeout: float = 5.0,
     ) -> None:
-        from endoedge.edge.gst import AppSrcPipeline
+        from endoedge.edge.video.gst import AppSrcPipeline
 
         super().__init__(uri, width, height, fps)
         self.tail = tail
@@ -393,7 +393,7 @@ def _open_file(uri: str, target: str, w: int, h: int, fps: float, o: dict[str, A
     path = Path(target)
     if path.exists() and not o["overwrite"]:
         raise SinkError("the recording already exists (pass overwrite=1 to replace it)", path)
-    from endoedge.edge.gst import require_elements
+    from endoedge.edge.video.gst import require_elements
 
     tail = file_tail(path)
     if "x264enc" in tail:
@@ -402,7 +402,7 @@ def _open_file(uri: str, target: str, w: int, h: int, fps: float, o: dict[str, A
 
 
 def _open_hdmi(uri: str, target: str, w: int, h: int, fps: float, o: dict[str, Any]) -> Sink:
-    from endoedge.edge.gst import is_jetson, require_elements
+    from endoedge.edge.video.gst import is_jetson, require_elements
 
     jetson = is_jetson()
     require_elements(["nvvidconv", "nvdrmvideosink"] if jetson else ["kmssink"], uri)
@@ -419,7 +419,7 @@ def _resolve_window_element(element: str, display: str | None) -> str:
     """
     import os
 
-    from endoedge.edge.gst import element_available
+    from endoedge.edge.video.gst import element_available
 
     if element != "auto":
         return element
@@ -431,7 +431,7 @@ def _resolve_window_element(element: str, display: str | None) -> str:
 
 
 def _open_window(uri: str, target: str, w: int, h: int, fps: float, o: dict[str, Any]) -> Sink:
-    from endoedge.edge.gst import require_elements
+    from endoedge.edge.video.gst import require_elements
 
     element = _resolve_window_element(o["element"], o["display"])
     tail = window_tail(element, o["display"])

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from endoedge.core.labels import LabelSet
-from endoedge.edge.types import ExamCheck
+from endoedge.edge.stages.types import ExamCheck
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """The daemon's tasks: what is done with a model's probabilities, and the exam session around them.
 
 * :class:`CoverageTask` (``egd-coverage``) — smooths the site probabilities, shows the current site and
-  feeds a :class:`~endoedge.edge.coverage.CoverageTracker` while an exam runs.
+  feeds a :class:`~endoedge.edge.stages.coverage.CoverageTracker` while an exam runs.
 * :class:`HemorrhoidTask` (``hemorrhoid``) — task A (normal / internal hemorrhoid); task B (LDRf grade)
   runs only while A is positive, and its smoothing restarts whenever A turns negative.
 * :class:`ExamSession` — the exam clock and all tasks under one lock: results from inference workers,
@@ -26,9 +26,9 @@ from endoedge.core.errors import BundleError
 from endoedge.core.labels import LabelSet
 from endoedge.core.manifest import ModelManifest
 from endoedge.edge.config import CoverageTaskConfig, HemorrhoidTaskConfig, SmoothingConfig
-from endoedge.edge.coverage import CoverageTracker, ExamClock, FreezeDetector
-from endoedge.edge.smoothing import Smoother
-from endoedge.edge.types import ExamCheck, SiteCell
+from endoedge.edge.stages.coverage import CoverageTracker, ExamClock, FreezeDetector
+from endoedge.edge.stages.smoothing import Smoother
+from endoedge.edge.stages.types import ExamCheck, SiteCell
 
 
 def make_smoother(num_classes: int, config: SmoothingConfig) -> Smoother:
@@ -58,7 +58,7 @@ class TaskView:
         checks: Exam quality checks.
         grade: Hemorrhoid text, or ``None``.
         grade_zh: The same with Chinese label names ("" when none).
-        t_capture: Capture time of the frame this view comes from.
+        t_media: Media time of the frame this view comes from.
         frame_index: Index of that frame.
     """
 
@@ -69,7 +69,7 @@ class TaskView:
     checks: tuple[ExamCheck, ...] = ()
     grade: str | None = None
     grade_zh: str = ""
-    t_capture: float = 0.0
+    t_media: float = 0.0
     frame_index: int = -1
 
 
@@ -228,7 +228,7 @@ class CoverageTask(Task):
             confidence=self.confidence,
             coverage=self.cells(),
             checks=checks,
-            t_capture=t,
+            t_media=t,
             frame_index=frame_index,
         )
 
@@ -299,7 +299,7 @@ class HemorrhoidTask(Task):
         elif role == "b" and self.smoother_b is not None:
             decision = self.smoother_b.update(probs, t)
             self.b_index, self.b_conf = decision.index, decision.confidence
-        self.view = TaskView(grade=self.text(), grade_zh=self.text(zh=True) or "", t_capture=t, frame_index=frame_index)
+        self.view = TaskView(grade=self.text(), grade_zh=self.text(zh=True) or "", t_media=t, frame_index=frame_index)
 
     def text(self, zh: bool = False) -> str | None:
         """Overlay text, e.g. ``"Internal hemorrhoid 0.93 · LDRf Rf1 0.81"`` (``zh``: Chinese label names)."""
@@ -566,7 +566,7 @@ class ExamSession:
 
 
 def overlay_fields(views: Sequence[TaskView]) -> dict[str, Any]:
-    """Merge task views into :class:`~endoedge.edge.types.OverlayState` fields (first coverage task wins)."""
+    """Merge task views into :class:`~endoedge.edge.stages.types.OverlayState` fields (first coverage task wins)."""
     fields: dict[str, Any] = {}
     grades = [v.grade for v in views if v.grade]
     for view in views:

@@ -7,17 +7,9 @@ Threads:
   the frame to the sink. It never waits for inference. When the source has no signal it shows a
   "no signal" screen at the nominal frame rate. It pings the systemd watchdog, so a stalled loop is
   caught.
-* **Preparers** (one per task): take the newest frame from the task's mailbox, find the endoscopic
-  field and prepare the first model's pixels from the bundle's manifest, while the model is still busy
-  with the previous frame: a model slower than one frame then runs back to back, its throughput not
-  cut by the preprocessing of 1080p frames.
-* **Inference workers** (one per task): take the newest prepared frame (frames overwritten before they
-  were taken, at either stage, are counted as skipped), run the task's models (a cascade may skip
-  one), and fold the probabilities into the task through the :class:`~endoedge.edge.tasks.ExamSession`,
-  stamped with the frame's capture time. A backend that raises or returns garbage is closed and
-  reloaded with exponential backoff; one that hangs past its budget is abandoned (its late result is
-  discarded) and a fresh one is loaded. A refused bundle (checksum, wrong task) keeps the video in
-  passthrough with an "AI off" banner and is retried.
+* **Task workers** (one per task, :mod:`endoedge.edge.service.worker`): a preparer and an inference
+  thread that take the newest frame, run the task's models and fold the probabilities into the task,
+  restarting a backend that fails or hangs. The worker imports nothing from this module.
 * **Supervisor**: writes exam checkpoints atomically every few seconds, procedure reports when exams
   end, systemd ``STATUS=`` lines and periodic log lines — the display loop never touches the disk.
 * **Status server** (optional): ``/healthz``, ``/status``, ``/metrics``, ``POST /exam/...``.
@@ -38,624 +30,34 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Protocol
 
 import numpy as np
 
-from endoedge.core.bundle import open_bundle
-from endoedge.core.errors import BundleError, EndoedgeError, ManifestError, one_line
-from endoedge.core.fileio import sha256_file
-from endoedge.core.manifest import ModelManifest
-from endoedge.core.preprocess import FieldDetector, FieldROI, PreprocessSpec, full_frame_roi, prepare_pixels
-from endoedge.edge.config import CoverageTaskConfig, DaemonConfig, HemorrhoidTaskConfig, ModelConfig
-from endoedge.edge.coverage import ExamClock
-from endoedge.edge.report import CheckpointStore, build_report, write_report
-from endoedge.edge.sdnotify import Notifier
-from endoedge.edge.status import Metric, StatusServer
-from endoedge.edge.tasks import CoverageTask, ExamEvent, ExamSession, Task, build_task, overlay_fields
-from endoedge.edge.types import Backend, Frame, OverlayState, Sink, Source
-
-log = logging.getLogger("endoedge.daemon")
-T = TypeVar("T")
-_LOG_RESERVED = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
-
-
-def log_event(level: int, event: str, **fields: Any) -> None:
-    """Log ``event`` with structured fields (printed as ``key=value`` by the CLI's formatters)."""
-    log.log(level, event, extra={f"{k}_" if k in _LOG_RESERVED else k: v for k, v in fields.items()})
-
-
-BackendFactory = Callable[[ModelConfig], Backend]
+from endoedge.core.errors import one_line
+from endoedge.core.preprocess import FieldDetector, FieldROI, full_frame_roi
+from endoedge.edge.config import CoverageTaskConfig, DaemonConfig
+from endoedge.edge.service.logs import log_event
+from endoedge.edge.service.media_clock import MediaClock
+from endoedge.edge.service.meters import LatencyWindow, RateMeter
+from endoedge.edge.service.report import CheckpointStore, build_report, write_report
+from endoedge.edge.service.sdnotify import Notifier
+from endoedge.edge.service.status import Metric, StatusServer
+from endoedge.edge.service.worker import BackendFactory, FieldHolder, TaskWorker, load_backend
+from endoedge.edge.stages.coverage import ExamClock
+from endoedge.edge.stages.tasks import ExamEvent, ExamSession, overlay_fields
+from endoedge.edge.stages.types import OverlayState
+from endoedge.edge.types import Sink, Source
 
 
 class Renderer(Protocol):
-    """Draws the overlay (see ``endoedge.edge.overlay.OverlayRenderer``)."""
+    """Draws the overlay (see ``endoedge.edge.stages.overlay.OverlayRenderer``)."""
 
     def render(self, frame: np.ndarray, state: OverlayState, field_roi: FieldROI) -> np.ndarray:
         """Return a new frame with the overlay; ``frame`` itself is left untouched."""
         ...
-
-
-# ---------------------------------------------------------------------------------------------------
-# Figures
-# ---------------------------------------------------------------------------------------------------
-
-
-class LatencyWindow:
-    """The last ``size`` samples of a duration (seconds), with percentiles in milliseconds."""
-
-    def __init__(self, size: int = 4096) -> None:
-        self._values = np.zeros(size, dtype=np.float64)
-        self._size = size
-        self.count = 0
-        self.last = 0.0
-
-    def add(self, seconds: float) -> None:
-        """Record one sample."""
-        self._values[self.count % self._size] = seconds
-        self.count += 1
-        self.last = seconds
-
-    def values(self) -> np.ndarray:
-        """The samples held (seconds)."""
-        return self._values[: min(self.count, self._size)].copy()
-
-    def values_since(self, first: int) -> np.ndarray | None:
-        """The samples recorded from sample number ``first`` on (seconds), or ``None`` when the window
-        no longer holds them all."""
-        count = self.count
-        if first < 0 or first > count or count - first > self._size:
-            return None
-        return self._values[np.arange(first, count) % self._size].copy()
-
-    def summary(self, percentiles: Sequence[float] = (50, 95, 99), since: int | None = None) -> dict[str, float]:
-        """``{"n", "p50", ..., "max", "mean"}`` in milliseconds (empty window → only ``n``).
-
-        Args:
-            percentiles: Which percentiles.
-            since: Only the samples from this sample number on (see :meth:`values_since`).
-        """
-        if since is None:
-            data, n = self.values(), self.count
-        else:
-            held = self.values_since(since)
-            data = held if held is not None else np.zeros(0)
-            n = data.size
-        if data.size == 0:
-            return {"n": 0}
-        out: dict[str, float] = {"n": int(n)}
-        for p, v in zip(percentiles, np.percentile(data, percentiles) * 1000.0, strict=True):
-            out[f"p{p:g}"] = round(float(v), 3)
-        out["max"] = round(float(data.max() * 1000.0), 3)
-        out["mean"] = round(float(data.mean() * 1000.0), 3)
-        return out
-
-
-class RateMeter:
-    """Events per second over a sliding window."""
-
-    def __init__(self, window_s: float = 2.0) -> None:
-        self.window_s = window_s
-        self._times: deque[float] = deque()
-
-    def tick(self, t: float) -> None:
-        """Record one event at ``t``."""
-        self._times.append(t)
-        while self._times and t - self._times[0] > self.window_s:
-            self._times.popleft()
-
-    def rate(self, now: float | None = None) -> float:
-        """Events per second in the window ending ``now``."""
-        times = list(self._times)
-        if len(times) < 2:
-            return 0.0
-        now = times[-1] if now is None else now
-        if now - times[-1] > self.window_s:
-            return 0.0
-        span = times[-1] - times[0]
-        return (len(times) - 1) / span if span > 0 else 0.0
-
-
-def lower_thread_priority(increment: int) -> bool:
-    """Raise the calling thread's nice value by ``increment`` (Linux, where nice is per thread).
-
-    Threads the caller creates afterwards inherit the value, which is how an inference runtime's own
-    thread pool ends up below the display loop too.
-
-    Returns:
-        Whether the priority was changed (False for 0, off Linux, or when the system refuses).
-    """
-    if increment <= 0 or not sys.platform.startswith("linux"):
-        return False
-    tid = threading.get_native_id()
-    try:
-        current = os.getpriority(os.PRIO_PROCESS, tid)
-        os.setpriority(os.PRIO_PROCESS, tid, min(19, current + increment))
-    except OSError as exc:
-        log_event(logging.WARNING, "inference priority not lowered", reason=one_line(exc))
-        return False
-    return True
-
-
-class Mailbox(Generic[T]):
-    """A single-slot mailbox: the producer overwrites, the consumer always takes the newest item."""
-
-    def __init__(self) -> None:
-        self._frame: T | None = None
-        self._cond = threading.Condition()
-        self.overwritten = 0
-
-    def put(self, frame: T) -> None:
-        """Leave ``frame`` for the consumer (an untaken older frame is dropped and counted)."""
-        with self._cond:
-            if self._frame is not None:
-                self.overwritten += 1
-            self._frame = frame
-            self._cond.notify()
-
-    def wake(self) -> None:
-        """Wake a waiting consumer (shutdown)."""
-        with self._cond:
-            self._cond.notify_all()
-
-    def discard(self) -> None:
-        """Drop an untaken item (counted as overwritten): the consumer wants one that comes after now."""
-        with self._cond:
-            if self._frame is not None:
-                self.overwritten += 1
-                self._frame = None
-
-    def take(self, timeout: float) -> T | None:
-        """The newest item, waiting up to ``timeout`` seconds; ``None`` when none came."""
-        with self._cond:
-            if self._frame is None:
-                self._cond.wait(timeout)
-            frame, self._frame = self._frame, None
-            return frame
-
-
-class FieldHolder:
-    """The latest endoscopic-field ROI published by an inference worker, for the overlay."""
-
-    def __init__(self) -> None:
-        self.roi: FieldROI | None = None
-        self.updated = -math.inf
-
-    def publish(self, roi: FieldROI, t: float) -> None:
-        """Store the ROI found at ``t``."""
-        self.roi, self.updated = roi, t
-
-
-# ---------------------------------------------------------------------------------------------------
-# Inference workers
-# ---------------------------------------------------------------------------------------------------
-
-
-def load_backend(model: ModelConfig) -> Backend:
-    """Open a model's bundle and create its backend (the chosen artifact's sha256 is verified).
-
-    Raises:
-        BundleError, ManifestError, ChecksumError: The bundle is refused.
-        EndoedgeError: The runtime is missing or cannot load the artifact.
-    """
-    from endoedge.edge.backends import create_backend
-
-    bundle = open_bundle(model.bundle, verify=False)
-    return create_backend(model.backend, bundle, model.format, **model.options)
-
-
-def _warm(backend: Backend, runs: int) -> None:
-    """Warm a freshly loaded backend up, checking what it returns as a real inference would be checked.
-
-    A backend that returns garbage (NaN, a wrong shape, values outside [0, 1]) fails its warm-up, so the
-    AI stays off with its banner until a reload gives sane outputs, instead of being declared ``ok``
-    and failing again on the next real frame.
-    """
-    spec = backend.manifest.preprocess
-    blank = np.zeros((1, spec.height, spec.width, 3), dtype=np.uint8)
-    warmup = getattr(backend, "warmup", None)
-    if callable(warmup):
-        warmup(runs=runs)
-        runs = min(runs, 1)  # its own warm-up ran; one checked inference remains
-    for _ in range(runs):
-        _check_output(backend.infer(blank), backend.manifest.num_classes)
-
-
-def _check_output(probs: Any, classes: int) -> np.ndarray:
-    out = np.asarray(probs, dtype=np.float32)
-    if out.ndim == 1:
-        out = out[None]
-    if out.shape != (1, classes):
-        raise EndoedgeError(f"backend returned shape {out.shape}, expected (1, {classes})")
-    if not np.all(np.isfinite(out)):
-        raise EndoedgeError("backend returned NaN or infinity")
-    if out.min() < -1e-3 or out.max() > 1.0 + 1e-3:
-        raise EndoedgeError(f"backend returned values outside [0, 1] ({out.min():.3g}..{out.max():.3g})")
-    return out
-
-
-@dataclass
-class _Loaded:
-    backends: dict[str, Backend]
-    manifests: dict[str, ModelManifest]
-
-
-@dataclass(frozen=True)
-class _Prepared:
-    """A frame with its endoscopic field and, when the model's preprocessing was known, its pixels."""
-
-    frame: Frame
-    roi: FieldROI | None
-    spec: PreprocessSpec | None
-    pixels: np.ndarray | None
-    seconds: float
-
-
-class TaskWorker:
-    """Runs one task's models on the newest frame, restarting them when they fail.
-
-    Attributes:
-        state: ``warming`` (loading), ``ok``, ``off`` (failed; restarting) or ``refused`` (bad bundle).
-        reason: Why the AI is off (one line), "" when ok.
-    """
-
-    MAX_ABANDONED = 3
-    #: Loading and warm-up may be slower than a frame's inference (lazy runtime initialisation), so a
-    #: hang there is declared after this many times the model's ``timeout_s``.
-    WARMUP_BUDGET_FACTOR = 10.0
-
-    def __init__(
-        self,
-        config: CoverageTaskConfig | HemorrhoidTaskConfig,
-        models: dict[str, ModelConfig],
-        session: ExamSession,
-        factory: BackendFactory,
-        field: FieldHolder,
-        events: queue.SimpleQueue[ExamEvent],
-        keep_frame: Callable[[str, str, np.ndarray], None] | None = None,
-        nice: int = 0,
-        fresh: bool = False,
-    ) -> None:
-        self.config = config
-        self.nice = nice
-        self.fresh = fresh
-        self.name = config.name
-        self.models = models
-        self.session = session
-        self.factory = factory
-        self.field = field
-        self.events = events
-        self.keep_frame = keep_frame
-        self.mailbox: Mailbox[Frame] = Mailbox()
-        self.prepared: Mailbox[_Prepared] = Mailbox()
-        # The preprocessing of the first model, published by the loading thread for the preparer.
-        self._prepare_spec: PreprocessSpec | None = None
-        self._preparer: threading.Thread | None = None
-        self.task: Task | None = None
-        self.state = "warming"
-        self.reason = ""
-        self.loaded: _Loaded | None = None
-        self.generation = 0
-        self.busy_since: float | None = None
-        self.first_attempt_done = threading.Event()
-        self.stop_event = threading.Event()
-        self.threads: list[threading.Thread] = []
-        self.stage = {name: LatencyWindow() for name in ("preprocess", "infer", "smooth")}
-        self.infer_by_role = {role: LatencyWindow() for role in models}
-        self.inferences = 0
-        self.errors = 0
-        self.restarts = 0
-        self.loads = 0
-        self.hangs = 0
-        self.off_since: float | None = None
-        self.off_seconds = 0.0
-        self.rate = RateMeter()
-        self._backoff = min(m.restart_initial_s for m in models.values())
-        self._max_backoff = max(m.restart_max_s for m in models.values())
-        self._initial_backoff = self._backoff
-        self._ok_since: float | None = None
-        self._lock = threading.Lock()
-        self._last_description = self._describe(None)
-
-    # -- control ------------------------------------------------------------------------------------
-    @property
-    def skipped(self) -> int:
-        """Frames overwritten before inference took them (in the frame mailbox or the prepared one)."""
-        return self.mailbox.overwritten + self.prepared.overwritten
-
-    def start(self) -> None:
-        """Start the preparer and the worker thread."""
-        self._preparer = threading.Thread(target=self._prepare_loop, name=f"prepare-{self.name}", daemon=True)
-        self._preparer.start()
-        self._spawn()
-
-    def _spawn(self, after_backoff: bool = False) -> None:
-        self.threads = [t for t in self.threads if t.is_alive()]
-        generation = self.generation
-        thread = threading.Thread(
-            target=self._run, args=(generation, after_backoff), name=f"infer-{self.name}-{generation}", daemon=True
-        )
-        self.threads.append(thread)
-        thread.start()
-
-    def stop(self, timeout: float = 5.0) -> None:
-        """Ask the thread to finish and release the backends."""
-        self.stop_event.set()
-        self.mailbox.wake()
-        self.prepared.wake()
-        deadline = time.monotonic() + timeout
-        if self._preparer is not None:
-            self._preparer.join(max(0.0, deadline - time.monotonic()))
-        for thread in self.threads:
-            thread.join(max(0.0, deadline - time.monotonic()))
-        if not any(t.is_alive() for t in self.threads):
-            self._release()
-
-    def check_hang(self, now: float) -> bool:
-        """Called by the display loop: abandon an inference running past its budget (True if it did)."""
-        started = self.busy_since
-        if started is None or self.state == "refused":
-            return False
-        budget = max(m.timeout_s for m in self.models.values())
-        if self.state != "ok":  # a warm-up after a (re)load: a runtime hanging there is retried too
-            budget *= self.WARMUP_BUDGET_FACTOR
-        if now - started <= budget:
-            return False
-        with self._lock:
-            if self.busy_since != started:
-                return False
-            self.hangs += 1
-            self.busy_since = None
-            self._set_off(f"inference hung for more than {budget:g} s", now)
-            self.generation += 1
-            abandoned = self.loaded
-            self.loaded = None
-            alive = sum(1 for t in self.threads if t.is_alive())
-            if alive > self.MAX_ABANDONED:
-                self.reason += f"; {alive - 1} hung runtimes not returned, not restarting"
-                return True
-            # The hung thread still holds the old backend; it closes it if the call ever returns.
-            del abandoned
-            self._spawn(after_backoff=True)
-        return True
-
-    # -- state --------------------------------------------------------------------------------------
-    def _set_off(self, reason: str, now: float, state: str = "off") -> None:
-        if self.state not in ("off", "refused"):
-            self.off_since = now
-        first = self.state != state or self.reason != reason
-        self.state, self.reason = state, reason
-        self._ok_since = None
-        if self.task is not None:
-            with self.session.lock:
-                self.task.clear_view()
-                self.task.pause()
-        if first:
-            log_event(logging.WARNING, "ai off", task=self.name, state=state, reason=reason)
-
-    def _set_ok(self, now: float) -> None:
-        if self.state != "ok":
-            if self.off_since is not None:
-                self.off_seconds += now - self.off_since
-                self.off_since = None
-            models = [f"{m['model']}:{m.get('backend')}:{m.get('format')}" for m in self.describe_models()]
-            log_event(logging.INFO, "ai on", task=self.name, models=models)
-        self.state, self.reason = "ok", ""
-        if self._ok_since is None:
-            self._ok_since = now
-        elif now - self._ok_since > 30.0:
-            self._backoff = self._initial_backoff
-
-    def _release(self) -> None:
-        loaded, self.loaded = self.loaded, None
-        if loaded is not None:
-            for backend in loaded.backends.values():
-                with contextlib.suppress(Exception):
-                    backend.close()
-
-    def describe_models(self) -> list[dict[str, Any]]:
-        """Model, backend, format and checksums of the loaded backends (the last loaded, or the config)."""
-        return self._describe(self.loaded) if self.loaded is not None else list(self._last_description)
-
-    def _describe(self, loaded: _Loaded | None) -> list[dict[str, Any]]:
-        out = []
-        for role, model in self.models.items():
-            entry: dict[str, Any] = {"task": self.name, "role": role, "model": model.name, "bundle": model.bundle}
-            if loaded is not None and role in loaded.backends:
-                backend = loaded.backends[role]
-                manifest = loaded.manifests[role]
-                entry.update(
-                    backend=backend.name,
-                    format=backend.format,
-                    manifest_name=manifest.name,
-                    labelset=manifest.labelset.tag,
-                    artifact_sha256=manifest.artifact(backend.format).sha256
-                    if any(a.format == backend.format for a in manifest.artifacts)
-                    else None,
-                )
-                # The bundle folder the backend really loaded: ``model.bundle`` may be a store's ``current``
-                # link that was switched since (the new version runs only after a restart).
-                loaded_bundle = getattr(backend, "bundle", None)
-                folder = Path(getattr(loaded_bundle, "path", None) or model.bundle)
-                entry["bundle_path"] = str(folder)
-                with contextlib.suppress(OSError):
-                    entry["manifest_sha256"] = sha256_file(folder / "manifest.json")
-            else:
-                entry.update(backend=model.backend, format=model.format)
-            out.append(entry)
-        return out
-
-    # -- the thread ---------------------------------------------------------------------------------
-    def _load(self, generation: int) -> _Loaded:
-        backends: dict[str, Backend] = {}
-        try:
-            for role, model in self.models.items():
-                backend = self.factory(model)
-                backends[role] = backend
-            manifests = {role: b.manifest for role, b in backends.items()}
-            task = build_task(self.config, manifests)
-            for role, backend in backends.items():
-                self.busy_since = time.monotonic()  # the display loop's hang check watches warm-ups too
-                _warm(backend, self.models[role].warmup_runs)
-        except BaseException:
-            for backend in backends.values():
-                with contextlib.suppress(Exception):
-                    backend.close()
-            raise
-        finally:
-            with self._lock:
-                if generation == self.generation:  # an abandoned (hung) load must not clear its successor's
-                    self.busy_since = None
-        keep = self.task
-        if (
-            keep is None
-            or type(keep) is not type(task)
-            or getattr(keep, "labelset", None) != getattr(task, "labelset", None)
-        ):
-            self.session.add_task(task)
-            self.task = task
-        return _Loaded(backends, manifests)
-
-    def _wait_backoff(self) -> None:
-        self.stop_event.wait(self._backoff)
-        self._backoff = min(self._backoff * 2.0, self._max_backoff)
-
-    def _current(self, generation: int) -> bool:
-        return generation == self.generation and not self.stop_event.is_set()
-
-    def _prepare_loop(self) -> None:
-        """Field detection and the first model's pixels for the newest frame, ahead of the model."""
-        lower_thread_priority(self.nice)
-        detector = FieldDetector()
-        while not self.stop_event.is_set():
-            frame = self.mailbox.take(0.2)
-            if frame is None:
-                continue
-            t0 = time.monotonic()
-            spec = self._prepare_spec
-            roi: FieldROI | None = None
-            pixels: np.ndarray | None = None
-            try:
-                roi = detector(frame.image)
-                self.field.publish(roi, t0)
-                if spec is not None:
-                    pixels = prepare_pixels(frame.image, spec, roi)
-            except Exception:  # the inference thread prepares it again and reports what fails
-                roi, pixels = None, None
-            self.prepared.put(_Prepared(frame, roi, spec, pixels, time.monotonic() - t0))
-
-    def _run(self, generation: int, after_backoff: bool = False) -> None:
-        # Before the backend is loaded: the runtime's thread pools, created while loading, inherit it.
-        lower_thread_priority(self.nice)
-        detector = FieldDetector()
-        loaded: _Loaded | None = None
-        if after_backoff:
-            self._wait_backoff()
-        try:
-            while self._current(generation):
-                if loaded is None:
-                    try:
-                        loaded = self._load(generation)
-                    except (BundleError, ManifestError) as exc:
-                        self._set_off(f"bundle refused: {one_line(exc)}", time.monotonic(), "refused")
-                        self.first_attempt_done.set()
-                        self._wait_backoff()
-                        continue
-                    except Exception as exc:  # any runtime's load failure: AI off, retry with backoff
-                        self._set_off(f"backend failed to load: {one_line(exc)}", time.monotonic())
-                        self.first_attempt_done.set()
-                        self._wait_backoff()
-                        continue
-                    if not self._current(generation):
-                        break
-                    self.loads += 1
-                    self.restarts = self.loads - 1
-                    self.loaded = loaded
-                    first = self.task.roles[0] if self.task is not None else None
-                    self._prepare_spec = loaded.manifests[first].preprocess if first in loaded.manifests else None
-                    self._last_description = self._describe(loaded)
-                    self._set_ok(time.monotonic())
-                    self.first_attempt_done.set()
-                if self.fresh:
-                    # Pacing "fresh": only a frame prepared from now on (it was captured no earlier than
-                    # the end of the previous inference), so the result is at most one frame stale.
-                    self.prepared.discard()
-                item = self.prepared.take(0.2)
-                if item is None or not self._current(generation):
-                    continue
-                try:
-                    self._process(item, loaded, detector, generation)
-                except Exception as exc:  # raise, NaN, wrong shape: AI off, restart with backoff
-                    if not self._current(generation):
-                        break
-                    self.busy_since = None
-                    self.errors += 1
-                    self._set_off(f"inference failed: {one_line(exc)}", time.monotonic())
-                    for backend in loaded.backends.values():
-                        with contextlib.suppress(Exception):
-                            backend.close()
-                    loaded = None
-                    self.loaded = None
-                    self._wait_backoff()
-        finally:
-            if loaded is not None and generation != self.generation:
-                for backend in loaded.backends.values():
-                    with contextlib.suppress(Exception):
-                        backend.close()
-
-    def _process(self, item: _Prepared, loaded: _Loaded, detector: FieldDetector, generation: int) -> None:
-        task = self.task
-        assert task is not None
-        frame = item.frame
-        image = frame.image
-        roi = item.roi
-        field_s = 0.0
-        if roi is None:
-            t0 = time.monotonic()
-            roi = detector(image)
-            self.field.publish(roi, t0)
-            field_s = time.monotonic() - t0  # charged to the first model's preprocessing
-        for role in task.roles:
-            if role not in loaded.backends or not task.wants(role):
-                continue
-            backend = loaded.backends[role]
-            manifest = loaded.manifests[role]
-            t1 = time.monotonic()
-            if item.pixels is not None and role == task.roles[0] and item.spec == manifest.preprocess:
-                pixels = item.pixels  # prepared ahead, while the model ran on the previous frame
-                field_s, t1 = 0.0, t1 - item.seconds
-            else:
-                pixels = prepare_pixels(image, manifest.preprocess, roi)
-            t2 = time.monotonic()
-            self.busy_since = t2
-            probs = backend.infer(pixels[None])
-            t3 = time.monotonic()
-            with self._lock:
-                if generation != self.generation:
-                    return  # abandoned as hung: the result is stale
-                self.busy_since = None
-            probs = _check_output(probs, manifest.num_classes)
-            events = self.session.observe(task, role, probs[0], frame.t_capture, time.time(), frame.index)
-            if isinstance(task, CoverageTask) and role == task.roles[0] and task.detect_photo(pixels, frame.t_capture):
-                self.session.photo(frame.t_capture, "freeze")
-            t4 = time.monotonic()
-            for event in events:
-                if event.kind == "observed":
-                    if self.keep_frame is not None:
-                        self.keep_frame(event.exam_id, event.reason, image)
-                else:
-                    self.events.put(event)
-            self.stage["preprocess"].add(t2 - t1 + field_s)
-            field_s = 0.0
-            self.stage["infer"].add(t3 - t2)
-            self.infer_by_role[role].add(t3 - t2)
-            self.stage["smooth"].add(t4 - t3)
-        self.inferences += 1
-        self.rate.tick(time.monotonic())
-        self._set_ok(time.monotonic())
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -680,7 +82,7 @@ class Daemon:
         config: Validated configuration.
         source: A source to use instead of opening ``config.source.uri`` (tests, embedding).
         sink: A sink to use instead of opening ``config.sink.uri``.
-        renderer: An overlay renderer instead of ``endoedge.edge.overlay.OverlayRenderer``.
+        renderer: An overlay renderer instead of ``endoedge.edge.stages.overlay.OverlayRenderer``.
         backend_factory: Creates a backend from a model config (default: :func:`load_backend`).
         notifier: systemd notifier (default: from the environment).
     """
@@ -714,6 +116,13 @@ class Daemon:
             ),
             driver=driver,
         )
+        #: The pure stages' one time source: capture times live, presentation times on a replay.
+        self.media_clock = MediaClock.for_source(
+            config.source.uri, config.source.as_fast_as_possible, config.source.fallback_fps
+        )
+        #: An unpaced replay has no screen to keep in time: the loop waits for every frame's result, so the
+        #: AI sees every frame and the replay gives the same results however fast the machine decodes.
+        self.lockstep = self.media_clock.replay and config.source.as_fast_as_possible
         self.events: queue.SimpleQueue[ExamEvent] = queue.SimpleQueue()
         self.field = FieldHolder()
         self.workers: list[TaskWorker] = []
@@ -736,6 +145,7 @@ class Daemon:
                     keeper,
                     config.run.inference_nice,
                     config.run.ai_pacing == "fresh",
+                    clock=self.media_clock,
                 )
             )
         self.checkpoints = CheckpointStore(config.state.dir) if config.state.dir else None
@@ -762,6 +172,8 @@ class Daemon:
         self.report_errors = 0
         self.checkpoint_errors = 0
         self._checkpoint_lock = threading.Lock()
+        for worker in self.workers:
+            worker.lockstep = self.lockstep
         self.signal = False
         self.started = time.monotonic()
         self.heartbeat = time.monotonic()
@@ -781,7 +193,7 @@ class Daemon:
     def _open_source(self) -> Source:
         if self._source is not None:
             return self._source
-        from endoedge.edge.sources import ReconnectingSource, open_source
+        from endoedge.edge.video.sources import ReconnectingSource, open_source
 
         cfg = self.config.source
         options = dict(cfg.options)
@@ -807,14 +219,14 @@ class Daemon:
     def _open_sink(self, width: int, height: int, fps: float) -> Sink:
         if self._sink is not None:
             return self._sink
-        from endoedge.edge.sinks import open_sink
+        from endoedge.edge.video.sinks import open_sink
 
         return open_sink(self.config.sink.uri, width, height, fps, **self.config.sink.options)
 
     def _make_renderer(self) -> Renderer | None:
         if self.renderer is not None or not self.config.overlay.enabled:
             return self.renderer
-        from endoedge.edge.overlay import OverlayRenderer
+        from endoedge.edge.stages.overlay import OverlayRenderer
 
         return OverlayRenderer(self.config.overlay.options)
 
@@ -827,7 +239,8 @@ class Daemon:
 
     def exam_action(self, action: str) -> tuple[int, dict[str, Any]]:
         """``start``, ``end`` or ``photo`` (the status server's POST endpoints)."""
-        now, wall = time.monotonic(), time.time()
+        now = self.media_clock.now()
+        wall = self.media_clock.wall(now)
         if action == "start":
             events = self.session.start(now, wall, "api")
             self._queue(events)
@@ -943,7 +356,7 @@ class Daemon:
             "inference_ms": {name: {"p50": i.get("p50"), "p95": i.get("p95")} for name, i in infer.items()},
             "skipped_frames": {w.name: w.skipped for w in self.workers},
             "backends": [m for w in self.workers for m in w.describe_models()],
-            "exam": self.session.summary(time.monotonic()),
+            "exam": self.session.summary(self.media_clock.now()),
             "stats": stats,
         }
 
@@ -968,7 +381,7 @@ class Daemon:
             Metric("signal", 1.0 if self.signal else 0.0, help="1 while the source delivers frames"),
             Metric("ai_ok", 1.0 if ai == "ok" else 0.0, help="1 while every model runs"),
             Metric("exam_running", 1.0 if self.session.clock.running else 0.0, help="1 during an exam"),
-            Metric("exam_elapsed_seconds", self.session.clock.elapsed(time.monotonic()), help="exam timer"),
+            Metric("exam_elapsed_seconds", self.session.clock.elapsed(self.media_clock.now()), help="exam timer"),
             Metric("reports_written_total", s["reports_written"], "counter", "procedure reports written"),
         ]
         for name, window in (("video_delay_ms", self.video_delay), ("overlay_delay_ms", self.overlay_delay)):
@@ -994,7 +407,7 @@ class Daemon:
         return out
 
     # -- the display loop -------------------------------------------------------------------------
-    def _overlay_state(self, now: float, signal_ok: bool) -> OverlayState:
+    def _overlay_state(self, now: float, signal_ok: bool, t_media: float) -> OverlayState:
         ai, message = self.ai_status()
         views = [w.task.view for w in self.workers if w.task is not None and w.state == "ok"]
         fields = overlay_fields(views)
@@ -1004,7 +417,7 @@ class Daemon:
             ai_status=ai,
             message=message,
             signal=signal_ok,
-            exam_seconds=clock.elapsed(now) if clock.running else None,
+            exam_seconds=clock.elapsed(t_media) if clock.running else None,
             fps_in=self.rate_in.rate(now),
             infer_ms=(max(infer) * 1000.0) if infer else 0.0,
             language=self.config.overlay.language,
@@ -1110,6 +523,8 @@ class Daemon:
                     port=self.config.status.port,
                     reason=one_line(exc),
                 )
+        if self.media_clock.replay:
+            self._await_first_load()
         self._source_obj = self._open_source()
         self.nominal_fps = float(getattr(self._source_obj, "fps", 0.0) or self.config.source.fallback_fps)
         self._supervisor = threading.Thread(target=self._supervise, name="supervisor", daemon=True)
@@ -1147,7 +562,7 @@ class Daemon:
             return
         if age <= self.config.state.resume_within_s:
             try:
-                self.session.resume(data, time.monotonic())
+                self.session.resume(data, self.media_clock.now())
             except (KeyError, TypeError, ValueError) as exc:
                 log_event(logging.ERROR, "exam checkpoint not resumable", exam=exam_id, reason=str(exc))
             else:
@@ -1216,9 +631,11 @@ class Daemon:
                     next_blank = max(next_blank + 1.0 / fps, t_read - 1.0 / fps)
                     if sink is None:
                         sink = self._sink_obj = self._open_sink(self.frame_size[0], self.frame_size[1], fps)
-                    self._queue(self.session.no_signal(t_read, time.time()))
+                    t_media = self.media_clock.now()
+                    self._queue(self.session.no_signal(t_media, self.media_clock.wall(t_media)))
                     blank = np.zeros((self.frame_size[1], self.frame_size[0], 3), dtype=np.uint8)
-                    self._show(sink, blank, t_read, self._overlay_state(t_read, False), full_frame_roi(blank))
+                    state = self._overlay_state(t_read, False, t_media)
+                    self._show(sink, blank, t_read, state, full_frame_roi(blank))
                     self.no_signal_frames += 1
                 continue
             self.stage["capture"].add(t_read - t_loop)  # waiting in source.read (frame interval + decode)
@@ -1231,6 +648,7 @@ class Daemon:
                     logging.INFO, "signal", source=_redact(cfg.source.uri), size=f"{image.shape[1]}x{image.shape[0]}"
                 )
             self.signal = True
+            frame = self.media_clock.stamp(frame)
             last_frame_at = t_read
             next_blank = 0.0
             self.frames_in += 1
@@ -1243,7 +661,7 @@ class Daemon:
                 sink = self._sink_obj = self._open_sink(image.shape[1], image.shape[0], self.nominal_fps)
             elif (image.shape[1], image.shape[0]) != self.frame_size:
                 self.frame_size = (image.shape[1], image.shape[0])
-            state = self._overlay_state(t_read, True)
+            state = self._overlay_state(t_read, True, frame.media_time)
             # The renderer draws on a copy: the workers read the captured frame concurrently.
             self._show(sink, image, frame.t_capture, state, self._field_roi(image, t_read))
             t_done = time.monotonic()
@@ -1260,9 +678,35 @@ class Daemon:
                 view = task.view
                 if view.frame_index >= 0 and self._last_seen.get(worker.name) != view.frame_index:
                     self._last_seen[worker.name] = view.frame_index
-                    if worker.state == "ok":
-                        self.overlay_delay.add(t_done - view.t_capture)
+                    captured = worker.captured_at(view.frame_index)
+                    if worker.state == "ok" and captured is not None:
+                        self.overlay_delay.add(t_done - captured)
             self.stage["loop"].add(t_done - t_loop)
+            if self.lockstep:
+                self._await_results(frame.index)
+
+    def _await_results(self, frame_index: int) -> None:
+        """Unpaced replay: wait until every running worker has processed the frame (outside the timed
+        display path). A worker that is off, or hangs past its budget, is not waited for."""
+        for worker in self.workers:
+            while not self.stop_event.is_set() and worker.state == "ok" and not worker.wait_done(frame_index, 0.05):
+                now = time.monotonic()
+                self.heartbeat = now
+                if self.config.run.watchdog:
+                    self.notifier.heartbeat()
+                worker.check_hang(now)
+
+    def _await_first_load(self) -> None:
+        """Replay: let every worker finish its first load before the first frame is read, so the clip is
+        analysed from its start and a paced and an unpaced replay see the same frames."""
+        while not self.stop_event.is_set() and not all(w.first_attempt_done.is_set() for w in self.workers):
+            now = time.monotonic()
+            self.heartbeat = now
+            if self.config.run.watchdog:
+                self.notifier.heartbeat()
+            if any(w.check_hang(now) for w in self.workers):
+                return
+            time.sleep(0.02)
 
     def _send_ready(self) -> None:
         self.ready_sent = True
@@ -1300,7 +744,7 @@ class Daemon:
     def _status_line(self) -> str:
         ai, _ = self.ai_status()
         clock = self.session.clock
-        exam = f"exam {clock.exam_id} {int(clock.elapsed(time.monotonic()))} s" if clock.running else "no exam"
+        exam = f"exam {clock.exam_id} {int(clock.elapsed(self.media_clock.now()))} s" if clock.running else "no exam"
         signal_text = "signal" if self.signal else "NO SIGNAL"
         return f"{signal_text}; fps {self.rate_in.rate():.1f}/{self.rate_out.rate():.1f}; AI {ai}; {exam}"
 
@@ -1309,7 +753,7 @@ class Daemon:
         # Under the lock, so a running-exam checkpoint taken just before an end cannot land after the
         # end was made durable (it would resume the ended exam after a crash).
         with self._checkpoint_lock:
-            data = self.session.checkpoint(now)
+            data = self.session.checkpoint(self.media_clock.now())
             if data is None:
                 return
             try:
@@ -1394,7 +838,8 @@ class Daemon:
         self.stop_event.set()
         if self._supervisor is not None:
             self._supervisor.join(timeout=5)
-        now, wall = time.monotonic(), time.time()
+        now = self.media_clock.now()
+        wall = self.media_clock.wall(now)
         self._queue(self.session.end(now, wall, f"daemon stopped ({self.stop_reason or 'error'})"))
         self._drain_events()
         for worker in self.workers:

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from endoedge.core.errors import EndoedgeError, MissingDependencyError
-from endoedge.edge.install import CACHE, CONFIG, Installer, InstallOptions
+from endoedge.edge.box.install import CACHE, CONFIG, Installer, InstallOptions
 
 ENGINE_FORMATS = ("trt-fp16", "trt-int8")
 
@@ -174,7 +174,7 @@ def engine_main(argv: Sequence[str], prog: str) -> int:
     """``endoedge install engine``: build or confirm the engines, logging progress to stdout (the journal)."""
     opts = engine_parser(prog).parse_args(list(argv))
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout, force=True)
-    from endoedge.edge.trt_engine import import_tensorrt
+    from endoedge.edge.box.trt_engine import import_tensorrt
 
     try:
         trt = import_tensorrt()
@@ -186,7 +186,7 @@ def engine_main(argv: Sequence[str], prog: str) -> int:
     from endoedge.core.bundle import open_bundle
     from endoedge.core.errors import BundleError
     from endoedge.edge.backends import choose_format
-    from endoedge.edge.trt_engine import BuildOptions, ensure_engine
+    from endoedge.edge.box.trt_engine import BuildOptions, ensure_engine
 
     targets = engine_targets(opts)
     if not targets:
@@ -234,8 +234,8 @@ def collect_status(root: Path) -> dict[str, Any]:
     import shutil
     import subprocess
 
-    from endoedge.edge.bundle_store import history, list_bundles
-    from endoedge.edge.install import BUNDLES, CACHE, CONFIG, REPORTS, UNIT, detect_platform
+    from endoedge.edge.box.bundle_store import history, list_bundles
+    from endoedge.edge.box.install import BUNDLES, CACHE, CONFIG, REPORTS, UNIT, detect_platform
 
     info: dict[str, Any] = {}
     platform = detect_platform(root, sys.executable)

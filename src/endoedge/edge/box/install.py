@@ -376,7 +376,7 @@ class Installer:
         return platform
 
     def _source(self) -> Path:
-        source = self.o.source or Path(__file__).resolve().parents[3]
+        source = self.o.source or Path(__file__).resolve().parents[4]
         if not (source / "systemd" / "endoedge.service").is_file() or not (source / "pyproject.toml").is_file():
             raise InstallError(
                 "run the installer from the endoedge source tree (systemd/install.sh) or pass --source DIR", source
@@ -580,7 +580,7 @@ class Installer:
             return None
         self.say(f"==> bundle {bundle} -> {BUNDLES}/current")
         code = (
-            "import sys; from endoedge.edge.bundle_store import install_bundle, current_bundle\n"
+            "import sys; from endoedge.edge.box.bundle_store import install_bundle, current_bundle\n"
             "before = None\n"
             "try:\n    before = current_bundle(sys.argv[2])\nexcept Exception:\n    pass\n"
             "after = install_bundle(sys.argv[1], sys.argv[2]).resolve()\n"

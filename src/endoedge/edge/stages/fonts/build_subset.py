@@ -3,7 +3,7 @@
 Run after adding Chinese names to a built-in label set or words to the overlay (needs ``fonttools``,
 a development tool, and Debian's ``fonts-noto-cjk``)::
 
-    python src/endoedge/edge/fonts/build_subset.py [--source /usr/share/fonts/opentype/noto/NotoSansCJK-Bold.ttc]
+    python src/endoedge/edge/stages/fonts/build_subset.py [--source /usr/share/fonts/opentype/noto/NotoSansCJK-Bold.ttc]
 
 It writes ``NotoSansCJKsc-Bold-subset.otf`` and ``NotoSansCJKsc-Bold-subset.chars.txt`` (the characters
 covered, which the renderer reads to decide when to fall back to a system font). The font is licensed
@@ -25,9 +25,9 @@ SYMBOLS = "·…■□┆—–≥≤×"
 
 def wanted_characters() -> str:
     """ASCII, the overlay's symbols and words, and every Chinese name of the built-in label sets."""
-    sys.path.insert(0, str(HERE.parents[2]))
+    sys.path.insert(0, str(HERE.parents[3]))
     from endoedge.core.labels import BUILTIN_LABELSETS
-    from endoedge.edge.overlay import UI_TEXT
+    from endoedge.edge.stages.overlay import UI_TEXT
 
     chars = {chr(c) for c in range(0x20, 0x7F)} | set(SYMBOLS)
     for labelset in BUILTIN_LABELSETS.values():
