@@ -26,6 +26,7 @@ STEP_TITLES = {
     "bundle-verify": "`endoedge bundle verify`",
     "parity": "`endoedge bench parity --reference bundle`",
     "demo": "`endoedge demo --quick --no-window`",
+    "demo-tflite": "`endoedge demo --quick --no-window --backend tflite --format tflite-fp32`",
     "evaluate": "`endoedge evaluate BUNDLE --data DATA` (no TensorFlow)",
     "jp6-constraints": "constraints.txt evaluated for Python 3.10 (JetPack 6)",
     "jp6-resolve": "`pip download` of the edge stack for cp310 / manylinux_2_35_aarch64",
@@ -99,7 +100,9 @@ def wheels(out: Path, report_name: str = "pip-report.json") -> dict[str, str]:
 
 def packages_table(out: Path, freeze_log: str, report_name: str | None) -> str:
     versions = freeze(read(out, freeze_log))
-    files = wheels(out, report_name) if report_name else {}
+    if report_name is None:
+        return ", ".join(f"{name} {versions[name]}" for name in sorted(versions)) + "."
+    files = wheels(out, report_name)
     lines = ["| package | version | installed from |", "|---|---|---|"]
     for name in sorted(versions):
         origin = files.get(name)
@@ -205,9 +208,9 @@ def probe_section(out: Path) -> str:
     return "\n".join(lines)
 
 
-def demo_section(out: Path) -> str:
-    summary = out / "demo" / "summary.json"
-    text = read(out, "demo.log").strip()
+def demo_section(out: Path, name: str = "demo") -> str:
+    summary = out / name / "summary.json"
+    text = read(out, f"{name}.log").strip()
     parts = [block(text, tail=40) if text else "The demo did not run."]
     if summary.exists():
         data = json.loads(summary.read_text())
@@ -327,6 +330,11 @@ def main() -> int:
     w.append("")
     w.append(demo_section(out))
     w.append("")
+    if step_rc(rows, "demo-tflite") is not None:
+        w.append("The same with LiteRT (`--backend tflite --format tflite-fp32`):")
+        w.append("")
+        w.append(demo_section(out, "demo-tflite"))
+        w.append("")
     if step_rc(rows, "evaluate") is not None:
         w.append("## `endoedge evaluate` on ARM")
         w.append("")

@@ -29,7 +29,8 @@ MIRROR=${ARM64_MIRROR:-http://deb.debian.org/debian}
 MODE=${ARM64_MODE:-auto}
 CPU=${ARM64_CPU:-neoverse-n1}
 # The bundled default is the one `endoedge demo` runs; the dataset is the one its parity reference names.
-BUNDLE=${BUNDLE:-$(sed -n 's/^DEFAULT_BUNDLE = Path("\(.*\)")$/\1/p' src/endoedge/edge/demo.py)}
+BUNDLE=${BUNDLE:-$(grep -rh --include=demo.py '^DEFAULT_BUNDLE = Path(' src/endoedge | head -n 1 |
+  sed 's/^DEFAULT_BUNDLE = Path("\(.*\)")$/\1/')}
 DATA=${DATA:-train/data/$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["dataset"]["file"])' \
   "$BUNDLE/parity_reference.json" 2>/dev/null || echo gastrovision3.csv)}
 RESULTS=${RESULTS:-benchmarks/arm64/RESULTS.md}
@@ -39,8 +40,9 @@ NICE=${NICE:-10}
 GUEST_SRC=/work/endoedge
 SHARED=$(cd "$repo/.." && pwd)/shared
 # What a JetPack 6 image has that a minimal Debian lacks, for the edge path: Python with venv, the
-# GStreamer bindings (python3-gi), GStreamer's base/good plugins, systemd (for systemd-analyze).
-ROOT_PACKAGES=python3,python3-venv,python3-gi,python3-gst-1.0,gir1.2-gst-plugins-base-1.0,gstreamer1.0-tools,gstreamer1.0-plugins-base,gstreamer1.0-plugins-good,systemd,ca-certificates,libglib2.0-0
+# GStreamer bindings (python3-gi, and python3-cairo, which PyGObject's metadata requires: without it
+# `pip check` fails; Ubuntu's desktop image has it), GStreamer's base/good plugins, systemd.
+ROOT_PACKAGES=python3,python3-venv,python3-gi,python3-cairo,python3-gst-1.0,gir1.2-gst-plugins-base-1.0,gstreamer1.0-tools,gstreamer1.0-plugins-base,gstreamer1.0-plugins-good,systemd,ca-certificates,libglib2.0-0
 ROOT_STAMP="$SUITE $ROOT_PACKAGES"
 
 say() { printf '\n=== %s\n' "$*" >&2; }
@@ -253,6 +255,9 @@ if ok pip-install; then
   step bundle-verify "$VENV/bin/endoedge" bundle verify "$BUNDLE"
   step parity "$VENV/bin/endoedge" bench parity "$BUNDLE" --data "$DATA" --reference bundle --out "$OUT_GUEST/bench"
   step demo "$VENV/bin/endoedge" demo --quick --no-window --out "$OUT_GUEST/demo"
+  # The same with LiteRT, the other CPU runtime a Jetson without TensorRT falls back to.
+  step demo-tflite "$VENV/bin/endoedge" demo --quick --no-window --backend tflite --format tflite-fp32 \
+    --out "$OUT_GUEST/demo-tflite"
   # `endoedge evaluate BUNDLE` (no TensorFlow) where this version has it; older ones evaluate runs only.
   guest -w "$GUEST_SRC" "$VENV/bin/endoedge" evaluate --help >"$OUT/evaluate-help.log" 2>&1 || true
   if grep -qi "bundle" "$OUT/evaluate-help.log"; then
