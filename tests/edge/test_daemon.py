@@ -686,8 +686,10 @@ def test_pixels_are_prepared_ahead_by_the_preparer_and_match_the_manifest(tmp_pa
 
 
 def test_status_names_the_bundle_version_running_after_current_is_switched(tmp_path, tiny_bundle, clip):
+    """Over the real status server: ``bundle`` is what is loaded; a switched ``current`` is only pending."""
     from endoedge.core.fileio import sha256_file
     from endoedge.edge.box.bundle_store import install_bundle
+    from endoedge.edge.service.worker import load_backend
 
     store = tmp_path / "store"
     first = install_bundle(tiny_bundle, store)
@@ -696,16 +698,31 @@ def test_status_names_the_bundle_version_running_after_current_is_switched(tmp_p
         clip,
         tiny_bundle,
         models=[{"name": "sites", "bundle": str(store / "current"), "backend": "tflite"}],
-        status={"enabled": False},
         source={"loop": True},
     )
-    daemon = Daemon(config, sink=null_sink())
+    may_load = threading.Event()
+
+    def gated_load(model):  # the real loader, held back so /status can be read before anything is loaded
+        may_load.wait(60)
+        return load_backend(model)
+
+    daemon = Daemon(config, sink=null_sink(), backend_factory=gated_load)
     thread = threading.Thread(target=daemon.run)
     thread.start()
+
+    def backends() -> list[dict]:
+        with urllib.request.urlopen(daemon.status_server.url + "/status", timeout=5) as response:
+            return json.loads(response.read())["backends"]
+
     try:
-        deadline = time.monotonic() + 60
-        while daemon.workers[0].state != "ok" and time.monotonic() < deadline:
+        deadline = time.monotonic() + 30
+        while daemon.status_server is None and time.monotonic() < deadline:
             time.sleep(0.05)
+        (before,) = backends()
+        may_load.set()
+        while daemon.workers[0].state != "ok" and time.monotonic() < deadline + 30:
+            time.sleep(0.05)
+        (loaded,) = backends()
         newer = tmp_path / "newer"
         shutil.copytree(tiny_bundle, newer)
         manifest = json.loads((newer / "manifest.json").read_text())
@@ -713,13 +730,26 @@ def test_status_names_the_bundle_version_running_after_current_is_switched(tmp_p
         (newer / "manifest.json").write_text(json.dumps(manifest))
         second = install_bundle(newer, store)  # `current` now points at it; the daemon runs the first
         assert second != first
-        running = daemon.status()["backends"][0]
+        (running,) = backends()
         stats = daemon.stats()
     finally:
+        may_load.set()
         daemon.request_stop("test")
         thread.join(30)
-    assert running["bundle_path"] == str(first)
+    # Nothing loaded yet: no bundle is named as running; what `current` points at is pending.
+    assert before["bundle"] is None and before["configured_bundle"] == str(store / "current")
+    assert before["pending"]["bundle"] == str(first) and before["pending"]["manifest_name"] == "tiny-gastrovision3"
+    assert loaded["bundle"] == str(first) and "pending" not in loaded
+    # After the switch: the loaded version, its name and checksum; the new one only as pending.
+    assert running["bundle"] == running["bundle_path"] == str(first)
+    assert running["manifest_name"] == "tiny-gastrovision3"
     assert running["manifest_sha256"] == sha256_file(first / "manifest.json")
+    assert running["configured_bundle"] == str(store / "current")
+    assert running["pending"] == {
+        "bundle": str(second),
+        "manifest_name": "a newer version",
+        "manifest_sha256": sha256_file(second / "manifest.json"),
+    }
     assert isinstance(stats["dropped_before_display"], int) and stats["dropped_before_display"] >= 0
 
 
