@@ -10,6 +10,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 from daemon_helpers import (
@@ -124,6 +125,44 @@ def test_the_daemon_runs_a_real_clip_with_a_real_backend(tmp_path, tiny_bundle, 
     assert not list(folder.glob("*.jpg"))  # no video frames unless the config enables them
     assert not any(p.name.startswith(".") for p in folder.parent.iterdir())  # no temporary leftovers
     assert not (tmp_path / "state" / "exam-checkpoint.json").exists()
+
+
+def _drawn_at(image: np.ndarray, text: str, size: float = 16) -> bool:
+    """Whether ``text``, drawn black on white by the overlay's text renderer, appears pixel for pixel in ``image``."""
+    from endoedge.edge.stages.overlay import draw_text
+
+    strip = np.full((3 * round(size), 40 * round(size), 3), 255, np.uint8)
+    draw_text(strip, (2, 2 * size), text, size, (0, 0, 0))
+    ys, xs = np.nonzero(strip.min(axis=2) < 255)
+    template = cv2.cvtColor(strip[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1], cv2.COLOR_BGR2GRAY)
+    gray = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+    # Pixel for pixel up to matchTemplate's float arithmetic: a mean squared difference below 1 grey level.
+    return float(cv2.matchTemplate(gray, template, cv2.TM_SQDIFF).min()) < template.size
+
+
+def test_a_chinese_daemon_writes_its_report_png_in_chinese(tmp_path, tiny_bundle, clip):
+    """``overlay.language: zh``: the report's coverage.png names the sites (and its words) in Chinese."""
+    from endoedge.core.labels import GASTROVISION3
+    from endoedge.edge.stages.overlay import REPORT_TEXT
+
+    config = make_config(
+        tmp_path,
+        clip,
+        tiny_bundle,
+        status={"enabled": False},
+        source={"as_fast_as_possible": True},
+        overlay={"language": "zh"},
+    )
+    assert Daemon(config, sink=null_sink()).run() == 0
+    (folder,) = (tmp_path / "reports").iterdir()
+    png = cv2.imread(str(folder / "coverage.png"))
+    for label in GASTROVISION3.labels:
+        assert _drawn_at(png, label.name_zh), f"{label.name_zh} is not drawn in coverage.png"
+        assert not _drawn_at(png, label.name), f"{label.name} is drawn in English"
+    assert _drawn_at(png, REPORT_TEXT["zh"]["title"].split("{")[0].strip(), 26)
+    report = json.loads((folder / "report.json").read_text())
+    assert report["language"] == "zh"
+    assert [s["name_zh"] for s in report["tasks"]["coverage"]["sites"]] == [lb.name_zh for lb in GASTROVISION3.labels]
 
 
 def test_the_endoscopic_field_reaches_the_sink_unchanged(tmp_path, tiny_bundle, clip_1080):
