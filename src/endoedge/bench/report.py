@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from endoedge.bench.fingerprint import fingerprint_differences
+from endoedge.bench.parity import status_label
 from endoedge.core.errors import EndoedgeError
 from endoedge.core.fileio import atomic_write_bytes, atomic_write_json, atomic_write_text
 
@@ -104,7 +105,7 @@ def parity_rows(report: Mapping[str, Any]) -> list[list[Any]]:
             [
                 r["format"],
                 r.get("backend") or "-",
-                r["status"],
+                status_label(r["status"]),
                 m.get("top1_agreement"),
                 m.get("max_abs_diff"),
                 m.get("mean_abs_diff"),
