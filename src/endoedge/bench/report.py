@@ -259,7 +259,7 @@ def latency_comparison_markdown(reports: Sequence[Mapping[str, Any]]) -> str:
         "",
         f"Measured one after the other in one `endoedge bench latency --compare` run on "
         f"{machine.get('cpu_model', 'this CPU')} ({machine['machine_id']}); median (p50) of each format's "
-        "own backend, preprocessing excluded.",
+        "own backend (input conversion included; field crop and resize excluded).",
         "",
         markdown_table(headers, rows),
         "",
