@@ -96,10 +96,9 @@ class NotifyListener:
         self.sock.close()
 
 
-def shared_manifest_rows(root: Path, limit: int | None = None) -> list[dict[str, str]]:
-    """Rows of the shared set's ``manifest.csv`` in file order (its first 410 rows never change)."""
+def shared_manifest_rows(root: Path) -> list[dict[str, str]]:
+    """Rows of the shared image set's ``manifest.csv``, in file order."""
     import csv
 
     with (root / "manifest.csv").open(newline="", encoding="utf-8") as handle:
-        rows = list(csv.DictReader(handle))
-    return rows[:limit] if limit else rows
+        return list(csv.DictReader(handle))

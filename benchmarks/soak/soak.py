@@ -144,7 +144,7 @@ def soak(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    default_bundle = ROOT / "export" / "bundles" / "gastrovision3-mobilenetv3"
+    default_bundle = ROOT / "export" / "bundles" / "gastrovision3-efficientnet-lite0"
     parser.add_argument("--bundle", type=Path, default=default_bundle, help="model bundle (default: the demo)")
     parser.add_argument("--duration", type=float, default=3600.0, help="seconds (default 3600)")
     parser.add_argument("--sample-every", type=float, default=10.0)

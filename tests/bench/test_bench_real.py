@@ -102,6 +102,34 @@ def test_a_deliberately_wrong_artifact_fails_parity_with_exit_1(bundle_copy, dat
     assert "parity FAILED: tflite-fp32 (gate:" in captured.err
 
 
+def test_an_artifact_kept_with_parity_loss_is_reported_as_kept_not_validated(
+    bundle_copy, dataset_csv, tmp_path, capsys
+):
+    """The same wrong fp32 artifact, but marked ``parity_loss_allowed`` as ``--allow-parity-loss`` does."""
+    path = bundle_copy("kept")
+    manifest = ModelManifest.load(path)
+    fp32 = manifest.artifact("tflite-fp32")
+    shutil.copy(path / manifest.artifact("tflite-int8").file, path / fp32.file)
+    from dataclasses import replace
+
+    kept = replace(fp32, sha256=sha256_file(path / fp32.file), parity_loss_allowed=True)
+    _rewrite_manifest(path, manifest.with_artifact(kept))
+    out = tmp_path / "results"
+    args = ["parity", str(path), "--data", str(dataset_csv), "--formats", "savedmodel,tflite-fp32", "--out", str(out)]
+    code = main(args)
+    captured = capsys.readouterr()
+    assert code == 0, captured.err  # kept on request: reported, but it does not fail the run
+    assert "kept (parity loss allowed)" in captured.out
+    filed = next(out.iterdir()) / "tiny-gastrovision3"
+    report = json.loads((filed / "parity.json").read_text())
+    row = next(r for r in report["results"] if r["format"] == "tflite-fp32")
+    assert row["status"] == "kept" and row["stage"] == "gate" and "max|dp|" in row["reason"]
+    assert "| tflite-fp32 | tflite | kept (parity loss allowed) |" in (filed / "parity.md").read_text()
+    # --require asks for a validated artifact; a kept one does not count, and the message says what it is.
+    assert main([*args[:-2], "--json", "--require", "tflite-fp32"]) == 1
+    assert "tflite-fp32 required but kept (parity loss allowed)" in capsys.readouterr().err
+
+
 def test_tampered_and_missing_files_fail_at_stage_file(bundle_copy, dataset_csv):
     path = bundle_copy("tampered")
     manifest = ModelManifest.load(path)

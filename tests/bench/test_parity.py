@@ -116,8 +116,16 @@ def test_a_deliberately_wrong_int8_artifact_fails_with_the_reason():
     assert exit_code([result]) == 1
     kept = ArtifactResult("tflite-int8", "int8", parity_loss_allowed=True)
     kept, _ = run_artifact(kept, lambda p: wrong[p[:, 0, 0, 0]], pixels, ref, labels, NAMES)
-    assert kept.status == "validated" and kept.stage == "gate" and "parity loss allowed" in kept.reason
-    assert exit_code([kept]) == 0
+    # Kept on request: its own status (never "validated"), and it does not fail the run ...
+    assert kept.status == "kept" and kept.stage == "gate" and "parity loss allowed" in kept.reason
+    assert kept.passed and exit_code([kept]) == 0
+    assert kept.to_dict()["status_label"] == "kept (parity loss allowed)"
+    # ... but it does not satisfy --require, which asks for a validated artifact.
+    assert exit_code([kept], require=["tflite-int8"]) == 1
+    # Meeting the gate stays "validated", whether or not the bundle allowed a loss.
+    met = ArtifactResult("tflite-int8", "int8", parity_loss_allowed=True)
+    met, _ = run_artifact(met, lambda p: ref[p[:, 0, 0, 0]], pixels, ref, labels, NAMES)
+    assert met.status == "validated" and met.reason == ""
 
 
 def test_runtime_errors_and_missing_references_are_classified():

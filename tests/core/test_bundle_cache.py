@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -37,6 +39,11 @@ def _archive(tmp_path: Path, name: str, payload: bytes = b"weights") -> Path:
     return archive
 
 
+def _entries(cache: Path) -> list[str]:
+    """The extractions in the cache (not their hidden lock files)."""
+    return sorted(p.name for p in cache.iterdir() if not p.name.startswith("."))
+
+
 @pytest.fixture()
 def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     folder = tmp_path / "cache"
@@ -49,7 +56,7 @@ def test_an_archive_is_extracted_once_and_reused(tmp_path: Path, cache: Path) ->
     first = open_bundle(archive)
     again = open_bundle(archive)
     assert first.path == again.path and first.path.is_relative_to(cache)
-    assert [p.name for p in cache.iterdir()] == [sha256_file(archive)]
+    assert _entries(cache) == [sha256_file(archive)]
     assert os.stat(cache).st_mode & 0o777 == 0o700
     assert again.file_path("labels") is not None and again.file_path("labels").read_bytes() == b"weights"
 
@@ -77,8 +84,9 @@ def test_the_cache_keeps_only_the_most_recent_archives(tmp_path: Path, cache: Pa
     archives = [_archive(tmp_path, f"m{i}", f"weights {i}".encode()) for i in range(ARCHIVE_CACHE_ENTRIES + 2)]
     for archive in archives:
         open_bundle(archive)
-    kept = {p.name for p in cache.iterdir()}
-    assert kept == {sha256_file(a) for a in archives[-ARCHIVE_CACHE_ENTRIES:]}
+    assert set(_entries(cache)) == {sha256_file(a) for a in archives[-ARCHIVE_CACHE_ENTRIES:]}
+    # Each evicted extraction's lock file goes with it; the kept ones have theirs.
+    assert sorted(p.name for p in cache.glob(".*.lock")) == sorted(f".{k}.lock" for k in _entries(cache))
 
 
 def test_a_cache_open_to_other_users_is_refused(tmp_path: Path, cache: Path) -> None:
@@ -101,3 +109,53 @@ def test_default_cache_is_per_user_under_the_temporary_folder(monkeypatch: pytes
     monkeypatch.delenv("ENDOEDGE_BUNDLE_CACHE", raising=False)
     monkeypatch.setattr(bundle_module.tempfile, "tempdir", "/some/tmp")
     assert archive_cache_dir() == Path(f"/some/tmp/endoedge-bundles-{os.getuid()}")
+
+
+# A process that opens a bundle archive, says where it was extracted, and keeps it open until told to
+# read its file again (the daemon holding its bundle while installers and benchmarks open others).
+_HOLDER = """
+import sys
+from endoedge.core.bundle import open_bundle
+
+bundle = open_bundle(sys.argv[1])
+print(bundle.path, flush=True)
+sys.stdin.readline()
+labels = bundle.file_path("labels")
+print(labels.read_bytes().decode() if labels is not None and labels.exists() else "GONE", flush=True)
+bundle.close()
+"""
+
+# A process that opens other archives, filling the cache past its size so older extractions are evicted.
+_OPENER = """
+import sys
+from endoedge.core.bundle import open_bundle
+
+for path in sys.argv[1:]:
+    open_bundle(path)
+"""
+
+
+def test_an_extraction_another_process_has_open_is_not_evicted(tmp_path: Path, cache: Path) -> None:
+    held = _archive(tmp_path, "held", b"held weights")
+    others = [_archive(tmp_path, f"o{i}", f"other {i}".encode()) for i in range(ARCHIVE_CACHE_ENTRIES + 1)]
+    env = {**os.environ, "ENDOEDGE_BUNDLE_CACHE": str(cache)}
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLDER, str(held)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
+    )
+    try:
+        assert holder.stdout is not None and holder.stdin is not None
+        extraction = Path(holder.stdout.readline().strip())
+        assert extraction.is_relative_to(cache / sha256_file(held))
+        # Another process opens more archives than the cache keeps: the held extraction is the oldest.
+        subprocess.run([sys.executable, "-c", _OPENER, *map(str, others)], env=env, check=True, timeout=120)
+        assert extraction.is_dir(), "evicted while another process had it open"
+        holder.stdin.write("\n")
+        holder.stdin.flush()
+        assert holder.stdout.readline().strip() == "held weights"
+        assert holder.wait(timeout=60) == 0
+    finally:
+        holder.kill()
+    # Closed now: the next open evicts it like any other old extraction.
+    subprocess.run([sys.executable, "-c", _OPENER, str(others[-1])], env=env, check=True, timeout=120)
+    assert not extraction.exists()
+    assert len(_entries(cache)) == ARCHIVE_CACHE_ENTRIES

@@ -59,6 +59,7 @@ def test_quality_checks_and_checkpoint_round_trip():
         "key": "inspection",
         "name": "inspection >= 7 min",
         "passed": True,
+        "minutes": 7.0,
         "detail": "7:10",
     }
     assert checks["inspection >= 7 min"].passed and checks["inspection >= 7 min"].detail == "7:10"

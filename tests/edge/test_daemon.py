@@ -10,6 +10,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 from daemon_helpers import (
@@ -124,6 +125,44 @@ def test_the_daemon_runs_a_real_clip_with_a_real_backend(tmp_path, tiny_bundle, 
     assert not list(folder.glob("*.jpg"))  # no video frames unless the config enables them
     assert not any(p.name.startswith(".") for p in folder.parent.iterdir())  # no temporary leftovers
     assert not (tmp_path / "state" / "exam-checkpoint.json").exists()
+
+
+def _drawn_at(image: np.ndarray, text: str, size: float = 16) -> bool:
+    """Whether ``text``, drawn black on white by the overlay's text renderer, appears pixel for pixel in ``image``."""
+    from endoedge.edge.stages.overlay import draw_text
+
+    strip = np.full((3 * round(size), 40 * round(size), 3), 255, np.uint8)
+    draw_text(strip, (2, 2 * size), text, size, (0, 0, 0))
+    ys, xs = np.nonzero(strip.min(axis=2) < 255)
+    template = cv2.cvtColor(strip[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1], cv2.COLOR_BGR2GRAY)
+    gray = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+    # Pixel for pixel up to matchTemplate's float arithmetic: a mean squared difference below 1 grey level.
+    return float(cv2.matchTemplate(gray, template, cv2.TM_SQDIFF).min()) < template.size
+
+
+def test_a_chinese_daemon_writes_its_report_png_in_chinese(tmp_path, tiny_bundle, clip):
+    """``overlay.language: zh``: the report's coverage.png names the sites (and its words) in Chinese."""
+    from endoedge.core.labels import GASTROVISION3
+    from endoedge.edge.stages.overlay import REPORT_TEXT
+
+    config = make_config(
+        tmp_path,
+        clip,
+        tiny_bundle,
+        status={"enabled": False},
+        source={"as_fast_as_possible": True},
+        overlay={"language": "zh"},
+    )
+    assert Daemon(config, sink=null_sink()).run() == 0
+    (folder,) = (tmp_path / "reports").iterdir()
+    png = cv2.imread(str(folder / "coverage.png"))
+    for label in GASTROVISION3.labels:
+        assert _drawn_at(png, label.name_zh), f"{label.name_zh} is not drawn in coverage.png"
+        assert not _drawn_at(png, label.name), f"{label.name} is drawn in English"
+    assert _drawn_at(png, REPORT_TEXT["zh"]["title"].split("{")[0].strip(), 26)
+    report = json.loads((folder / "report.json").read_text())
+    assert report["language"] == "zh"
+    assert [s["name_zh"] for s in report["tasks"]["coverage"]["sites"]] == [lb.name_zh for lb in GASTROVISION3.labels]
 
 
 def test_the_endoscopic_field_reaches_the_sink_unchanged(tmp_path, tiny_bundle, clip_1080):
@@ -686,8 +725,10 @@ def test_pixels_are_prepared_ahead_by_the_preparer_and_match_the_manifest(tmp_pa
 
 
 def test_status_names_the_bundle_version_running_after_current_is_switched(tmp_path, tiny_bundle, clip):
+    """Over the real status server: ``bundle`` is what is loaded; a switched ``current`` is only pending."""
     from endoedge.core.fileio import sha256_file
     from endoedge.edge.box.bundle_store import install_bundle
+    from endoedge.edge.service.worker import load_backend
 
     store = tmp_path / "store"
     first = install_bundle(tiny_bundle, store)
@@ -696,16 +737,31 @@ def test_status_names_the_bundle_version_running_after_current_is_switched(tmp_p
         clip,
         tiny_bundle,
         models=[{"name": "sites", "bundle": str(store / "current"), "backend": "tflite"}],
-        status={"enabled": False},
         source={"loop": True},
     )
-    daemon = Daemon(config, sink=null_sink())
+    may_load = threading.Event()
+
+    def gated_load(model):  # the real loader, held back so /status can be read before anything is loaded
+        may_load.wait(60)
+        return load_backend(model)
+
+    daemon = Daemon(config, sink=null_sink(), backend_factory=gated_load)
     thread = threading.Thread(target=daemon.run)
     thread.start()
+
+    def backends() -> list[dict]:
+        with urllib.request.urlopen(daemon.status_server.url + "/status", timeout=5) as response:
+            return json.loads(response.read())["backends"]
+
     try:
-        deadline = time.monotonic() + 60
-        while daemon.workers[0].state != "ok" and time.monotonic() < deadline:
+        deadline = time.monotonic() + 30
+        while daemon.status_server is None and time.monotonic() < deadline:
             time.sleep(0.05)
+        (before,) = backends()
+        may_load.set()
+        while daemon.workers[0].state != "ok" and time.monotonic() < deadline + 30:
+            time.sleep(0.05)
+        (loaded,) = backends()
         newer = tmp_path / "newer"
         shutil.copytree(tiny_bundle, newer)
         manifest = json.loads((newer / "manifest.json").read_text())
@@ -713,13 +769,26 @@ def test_status_names_the_bundle_version_running_after_current_is_switched(tmp_p
         (newer / "manifest.json").write_text(json.dumps(manifest))
         second = install_bundle(newer, store)  # `current` now points at it; the daemon runs the first
         assert second != first
-        running = daemon.status()["backends"][0]
+        (running,) = backends()
         stats = daemon.stats()
     finally:
+        may_load.set()
         daemon.request_stop("test")
         thread.join(30)
-    assert running["bundle_path"] == str(first)
+    # Nothing loaded yet: no bundle is named as running; what `current` points at is pending.
+    assert before["bundle"] is None and before["configured_bundle"] == str(store / "current")
+    assert before["pending"]["bundle"] == str(first) and before["pending"]["manifest_name"] == "tiny-gastrovision3"
+    assert loaded["bundle"] == str(first) and "pending" not in loaded
+    # After the switch: the loaded version, its name and checksum; the new one only as pending.
+    assert running["bundle"] == running["bundle_path"] == str(first)
+    assert running["manifest_name"] == "tiny-gastrovision3"
     assert running["manifest_sha256"] == sha256_file(first / "manifest.json")
+    assert running["configured_bundle"] == str(store / "current")
+    assert running["pending"] == {
+        "bundle": str(second),
+        "manifest_name": "a newer version",
+        "manifest_sha256": sha256_file(second / "manifest.json"),
+    }
     assert isinstance(stats["dropped_before_display"], int) and stats["dropped_before_display"] >= 0
 
 

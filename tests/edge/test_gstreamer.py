@@ -7,6 +7,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -380,18 +381,54 @@ def _screenshot(display: str, path: Path) -> np.ndarray:
     return shot
 
 
+SHOW_IN_WINDOW = """
+import sys, time
+import cv2
+from endoedge.edge.video.sinks import open_sink
+frame = cv2.imread(sys.argv[2])
+sink = open_sink(sys.argv[1], frame.shape[1], frame.shape[0], 30)
+for _ in range(10):
+    sink.write(frame, time.monotonic())
+    time.sleep(0.03)
+time.sleep(0.5)
+print("shown", flush=True)
+sys.stdin.read()  # keep the window up until the test has its screenshot
+sink.close()
+"""
+
+
+def _screenshot_of_window(uri: str, frame: np.ndarray, display: str, tmp_path: Path, env: dict | None = None):
+    """Show ``frame`` through a window sink in a fresh process (as the daemon does: no TensorFlow loaded)
+    and screenshot the X server while it is up.
+
+    In this test process TensorFlow is loaded and, after a Keras fit or a TFLite conversion, an Xlib
+    client opened here can die of an X error in XInput on some machines; the daemon never has
+    TensorFlow, so the sink is exercised where it runs for real.
+    """
+    image = tmp_path / "frame.png"
+    cv2.imwrite(str(image), frame)
+    child = subprocess.Popen(
+        [sys.executable, "-c", SHOW_IN_WINDOW, uri, str(image)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
+    try:
+        assert child.stdout is not None and child.stdout.readline().strip() == "shown", child.stderr
+        return _screenshot(display, tmp_path / "shot.png")
+    finally:
+        _, err = child.communicate("", timeout=30)
+        assert child.returncode == 0, err[-2000:]
+
+
 def test_window_sink_shows_the_frame_under_xvfb(xvfb: str, tmp_path: Path, sample_images):
     from endoedge.core.synthetic import TowerLayout, tower_frame
 
     layout = TowerLayout(width=960, height=540, field_size=480, field_left=380)
     frame = tower_frame(cv2.imread(str(sample_images[5])), layout)
-    sink = open_sink(f"window://?element=ximagesink&display={xvfb}", 960, 540, 30)
-    for _ in range(10):
-        sink.write(frame, time.monotonic())
-        time.sleep(0.03)
-    time.sleep(0.5)
-    shot = _screenshot(xvfb, tmp_path / "shot.png")
-    sink.close()
+    shot = _screenshot_of_window(f"window://?element=ximagesink&display={xvfb}", frame, xvfb, tmp_path)
     # Without a window manager the window sits at the origin; allow a few pixels of offset.
     best = max((_psnr(shot[dy : dy + 540, dx : dx + 960], frame), dx, dy) for dx in range(0, 4) for dy in range(0, 4))
     assert best[0] > 35, f"screen does not show the frame (best PSNR {best[0]:.1f} dB at {best[1:]})"
@@ -503,18 +540,11 @@ def test_v4l2_gstreamer_pipelines_build_and_fail_clearly_on_a_non_device(tmp_pat
     assert "cannot build" not in message and "v4l2src" in message and str(fake) in message
 
 
-def test_default_window_sink_finds_a_working_video_sink_under_xvfb(xvfb: str, tmp_path: Path, monkeypatch):
+def test_default_window_sink_finds_a_working_video_sink_under_xvfb(xvfb: str, tmp_path: Path):
     """``window://`` with no options picks a sink that works on this X server (ximagesink: no GL needed)."""
-    monkeypatch.setenv("DISPLAY", xvfb)
     frame = np.zeros((240, 320, 3), np.uint8)
     frame[:, :, 1] = 200  # green
-    sink = open_sink("window://", 320, 240, 30)
-    for _ in range(10):
-        sink.write(frame, time.monotonic())
-        time.sleep(0.03)
-    time.sleep(0.5)
-    shot = _screenshot(xvfb, tmp_path / "default.png")
-    sink.close()
+    shot = _screenshot_of_window("window://", frame, xvfb, tmp_path, env={"DISPLAY": xvfb})
     green = (shot[..., 1] > 180) & (shot[..., 0] < 40) & (shot[..., 2] < 40)
     assert green.sum() > 0.8 * 320 * 240
 

@@ -17,6 +17,7 @@ from endoedge.edge.stages.overlay import (
     BUNDLED_FONT_CHARS,
     GRADE_COLOURS,
     PANELS,
+    REPORT_TEXT,
     UI_TEXT,
     Canvas,
     OverlayOptions,
@@ -298,9 +299,10 @@ def test_font_subset_covers_label_sets_and_overlay_words():
     for labelset in BUILTIN_LABELSETS.values():
         for label in labelset.labels:
             needed |= set(label.name_zh + label.name)
-    for words in UI_TEXT.values():
-        for text in words.values():
-            needed |= set(text)
+    for table in (UI_TEXT, REPORT_TEXT):  # the report is drawn with the overlay's fonts
+        for words in table.values():
+            for text in words.values():
+                needed |= set(text)
     missing = sorted(needed - covered - {" "})
     assert not missing, f"rebuild the font subset (src/endoedge/edge/stages/fonts/build_subset.py): {missing}"
     fonttools = pytest.importorskip("fontTools.ttLib")

@@ -22,17 +22,23 @@ from endoedge.core.preprocess import PreprocessSpec, load_pixels, normalize
 TINY_SPEC = PreprocessSpec.for_family("inception", 64)
 
 
-def write_dataset_csv(image_root: Path, out: Path, limit: int = 410) -> Path:
+def write_dataset_csv(image_root: Path, out: Path, per_class: int = 150) -> Path:
     """A dataset manifest of the images under ``image_root`` (folder per class).
 
-    A root with a ``manifest.csv`` (the shared set) contributes its first ``limit`` rows, which never
-    change, so the tests sample the set instead of reading all of it; otherwise every ``*.jpg``.
+    A root with a ``manifest.csv`` (the shared set, 1,610 images) contributes the first ``per_class``
+    rows of each class in manifest order (the original 410-image selection: 110 + 150 + 150), so the
+    tests sample the set instead of reading all of it; otherwise every ``*.jpg``.
     """
     lines = ["# endoedge-dataset v1 labelset=gastrovision3", "path,label,split,patient_id"]
     if (image_root / "manifest.csv").is_file():
+        taken: dict[str, int] = {}
+        paths = []
         with (image_root / "manifest.csv").open(newline="", encoding="utf-8") as handle:
-            rows = list(csv.DictReader(handle))[:limit]
-        paths = sorted(image_root / row["path"] for row in rows)
+            for row in csv.DictReader(handle):
+                if taken.setdefault(row["label"], 0) < per_class:
+                    taken[row["label"]] += 1
+                    paths.append(image_root / row["path"])
+        paths.sort()
     else:
         paths = sorted(image_root.rglob("*.jpg"))
     for path in paths:

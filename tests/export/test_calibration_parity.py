@@ -36,6 +36,23 @@ def test_plan_is_disjoint_stratified_and_deterministic(dataset):
     assert len(default.calibration) == min(512, len(dataset) - len(default.holdout))
 
 
+def test_with_training_splits_the_gate_uses_unseen_images_and_calibration_the_training_ones(dataset):
+    from dataclasses import replace
+
+    splits = ("train", "train", "val", "test")
+    records = tuple(replace(r, split=splits[i % 4]) for i, r in enumerate(dataset.records))
+    split_dataset = replace(dataset, records=records)
+    plan = plan_calibration(split_dataset, calibration_size=4, holdout_size=3)
+    assert {r.split for r in plan.holdout} <= {"val", "test"} and len(plan.holdout) == 3
+    assert {r.split for r in plan.calibration} == {"train"} and len(plan.calibration) == 4
+    assert plan.describe()["holdout_splits"] == "val+test" and plan.describe()["calibration_splits"] == "train"
+    default = plan_calibration(split_dataset)
+    assert len(default.holdout) == min(512, len(records) // 4, sum(r.split != "train" for r in records))
+    # Asking for one split keeps the old behaviour inside it.
+    only_test = plan_calibration(split_dataset, split="test", calibration_size=1, holdout_size=1)
+    assert only_test.describe()["holdout_splits"] == "test"
+
+
 def test_plan_errors_name_the_dataset(dataset):
     with pytest.raises(DatasetError, match="held-out size must be in"):
         plan_calibration(dataset, holdout_size=len(dataset))

@@ -387,10 +387,16 @@ def test_source_tree_has_no_unsafe_loaders() -> None:
         "eval/exec": re.compile(r"(?<![\w.])(eval|exec)\("),
         "torch.load": re.compile(r"torch\.load\("),
     }
+    # The one reviewed exception: the ImageNet weights reader (training only, never on a bundle) unpickles
+    # legacy PyTorch files through Unpicklers whose find_class resolves an allow-list and refuses every
+    # other global; tests/train/test_torch_weights.py shows a file naming os.system refused unrun.
+    reviewed = {("src/endoedge/train/torch_weights.py", "pickle import")}
     offenders = []
     for path in (ROOT / "src" / "endoedge").rglob("*.py"):
         text = path.read_text()
         for name, pattern in patterns.items():
-            if pattern.search(text):
+            if pattern.search(text) and (str(path.relative_to(ROOT)), name) not in reviewed:
                 offenders.append(f"{path.relative_to(ROOT)}: {name}")
     assert offenders == []
+    reader = (ROOT / "src/endoedge/train/torch_weights.py").read_text()
+    assert reader.count("(pickle.Unpickler)") == reader.count("def find_class(") == 2

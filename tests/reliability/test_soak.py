@@ -16,7 +16,7 @@ pytest.importorskip("endoedge.edge.service.daemon", reason="the daemon module is
 pytest.importorskip("ai_edge_litert", reason="the soak runs the real LiteRT backend")
 
 ROOT = Path(__file__).resolve().parents[2]
-DEMO_BUNDLE = ROOT / "export" / "bundles" / "gastrovision3-mobilenetv3"
+DEMO_BUNDLE = ROOT / "export" / "bundles" / "gastrovision3-efficientnet-lite0"
 
 
 def _soak_module() -> ModuleType:

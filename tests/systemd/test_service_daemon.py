@@ -123,7 +123,8 @@ def test_service_start_upgrade_and_rollback(tmp_path: Path, sample_dir: Path) ->
     assert "STATUS=running; AI ok" in ready
     (model,) = _models(status)
     assert model["manifest_name"] == "sites-v1" and model["backend"] == "onnxruntime"
-    assert model["manifest_sha256"] == _sha(v1) and model["bundle"] == str(store / "current")
+    assert model["manifest_sha256"] == _sha(v1) and model["configured_bundle"] == str(store / "current")
+    assert model["bundle"] == str(v1.resolve()) and "pending" not in model  # the version loaded, not the link
 
     # Upgrade: a new bundle side by side, then a restart (what 'endoedge bundle install' + systemctl do).
     mixed = onnx_bundle(tmp_path / "src2", name="sites-v2")

@@ -145,3 +145,19 @@ def test_resenet_takes_irv2s_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     monkeypatch.setitem(pretrained.KERAS_IMAGENET, "irv2", refused)  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match=real.fname):
         pretrained.resolve_weights("resenet", "imagenet")
+
+
+def test_train_check_resolves_the_default_recipes_weights(shared_data: Path) -> None:
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    recipe = root / "train" / "gastrovision3-efficientnet-lite0.yaml"
+    done = subprocess.run(
+        [sys.executable, "-m", "endoedge.cli", "train", "--config", str(recipe), "--check"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"sha256 {sha256_file(_weights('lite0'))}" in done.stdout and "recipe" in done.stdout

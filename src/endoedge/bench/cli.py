@@ -198,7 +198,7 @@ def _finish_conditions(before: dict[str, Any]) -> dict[str, Any]:
 def _parity(args: argparse.Namespace) -> int:
     from endoedge.bench import report as rep
     from endoedge.bench.fingerprint import machine_fingerprint
-    from endoedge.bench.parity import exit_code
+    from endoedge.bench.parity import exit_code, status_label
     from endoedge.bench.parity_bundle import (
         ParityReport,
         build_parity_set,
@@ -238,7 +238,8 @@ def _parity(args: argparse.Namespace) -> int:
     if code:
         failed = [f"{r.format} ({r.stage}: {r.reason})" for r in results if r.status == "failed"]
         missing = [f for f in args.require if f not in {r.format for r in results if r.status == "validated"}]
-        detail = "; ".join(failed + [f"{f} required but not validated" for f in missing if f not in failed])
+        status = {r.format: status_label(r.status) for r in results}
+        detail = "; ".join(failed + [f"{f} required but {status.get(f, 'absent')}" for f in missing if f not in failed])
         print(f"parity FAILED: {detail}", file=sys.stderr)
     return code
 

@@ -10,6 +10,9 @@ Status of each artifact, as Ultralytics separates them:
   or an engine built for another GPU); the reason says which;
 * ``loaded`` — loaded and ran, but there was no reference to validate against;
 * ``validated`` — ran and met its gate;
+* ``kept`` — ran and missed its gate, but the bundle kept it on request (exported with
+  ``--allow-parity-loss``, marked ``parity_loss_allowed`` in the manifest): reported, not validated,
+  and it does not fail the run; ``reason`` lists the targets it missed;
 * ``failed`` — missing file, checksum mismatch, load or run error, or a missed gate; ``stage`` says
   where it failed and ``reason`` why.
 
@@ -28,7 +31,21 @@ import numpy as np
 from endoedge.export.parity import PARITY_TARGETS, ParityTarget
 from endoedge.export.parity import compare as gate_compare
 
-STATUSES = ("exported", "loaded", "validated", "failed")
+STATUSES = ("exported", "loaded", "validated", "kept", "failed")
+
+#: What each status means, in the words the tables print (the JSON keeps the key).
+STATUS_LABELS = {
+    "exported": "exported",
+    "loaded": "loaded",
+    "validated": "validated",
+    "kept": "kept (parity loss allowed)",
+    "failed": "failed",
+}
+
+
+def status_label(status: str) -> str:
+    """The readable form of a status key (an unknown key is returned as is)."""
+    return STATUS_LABELS.get(status, status)
 
 
 def top1(probs: np.ndarray) -> np.ndarray:
@@ -195,7 +212,8 @@ class ArtifactResult:
         precision: fp32 / fp16 / int8.
         backend: Backend that ran it ("" when it did not run).
         status: One of :data:`STATUSES`.
-        stage: For ``failed``: ``file``, ``load``, ``run`` or ``gate``; for ``exported``: ``runtime``.
+        stage: For ``failed``: ``file``, ``load``, ``run``, ``gate`` or ``video``; for ``kept``: ``gate`` or
+            ``video``; for ``exported``: ``runtime``.
         reason: Why it is not ``validated`` ("" when it is).
         metrics: The comparison (``None`` when it did not run or had no reference).
         gate: The export gate's target applied (from :data:`endoedge.export.parity.PARITY_TARGETS`).
@@ -219,7 +237,7 @@ class ArtifactResult:
 
     @property
     def passed(self) -> bool:
-        """True unless it failed (a kept-on-request gate miss counts as passed)."""
+        """True unless it failed (``kept``, a gate miss kept on request, does not fail the run)."""
         return self.status != "failed"
 
     def to_dict(self) -> dict[str, Any]:
@@ -229,6 +247,7 @@ class ArtifactResult:
             "precision": self.precision,
             "backend": self.backend,
             "status": self.status,
+            "status_label": status_label(self.status),
             "stage": self.stage,
             "reason": self.reason,
             "metrics": self.metrics.to_dict() if self.metrics else None,
@@ -253,7 +272,8 @@ def classify(result: ArtifactResult) -> ArtifactResult:
     """Set ``status``/``stage``/``reason`` of a result that ran, from its gate failures.
 
     A result that already failed (file, load or run) or never ran (``exported``) is returned as is; one
-    without metrics (no reference) is ``loaded``.
+    without metrics (no reference) is ``loaded``; one that missed its gate is ``kept`` when the bundle
+    allows its parity loss, else ``failed``.
     """
     if result.status in ("failed", "exported"):
         return result
@@ -265,7 +285,8 @@ def classify(result: ArtifactResult) -> ArtifactResult:
     if not misses:
         result.status, result.stage, result.reason = "validated", "", ""
     elif result.parity_loss_allowed:
-        result.status, result.stage = "validated", "gate"
+        # Not "validated": it missed the gate. It was kept on request, so it is reported but does not fail.
+        result.status, result.stage = "kept", "gate"
         result.reason = "kept with parity loss allowed: " + "; ".join(misses)
     else:
         result.status, result.stage, result.reason = "failed", "gate", "; ".join(misses)
@@ -316,7 +337,10 @@ def run_artifact(
 
 
 def exit_code(results: Sequence[ArtifactResult], require: Sequence[str] = ()) -> int:
-    """0 when nothing failed and every required format was validated; 1 otherwise."""
+    """0 when nothing failed and every required format was validated; 1 otherwise.
+
+    A ``kept`` artifact does not fail the run, but it does not satisfy ``require`` either.
+    """
     if any(r.status == "failed" for r in results):
         return 1
     validated = {r.format for r in results if r.status == "validated"}

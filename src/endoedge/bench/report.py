@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from endoedge.bench.fingerprint import fingerprint_differences
+from endoedge.bench.parity import status_label
 from endoedge.core.errors import EndoedgeError
 from endoedge.core.fileio import atomic_write_bytes, atomic_write_json, atomic_write_text
 
@@ -104,7 +105,7 @@ def parity_rows(report: Mapping[str, Any]) -> list[list[Any]]:
             [
                 r["format"],
                 r.get("backend") or "-",
-                r["status"],
+                status_label(r["status"]),
                 m.get("top1_agreement"),
                 m.get("max_abs_diff"),
                 m.get("mean_abs_diff"),
@@ -258,7 +259,7 @@ def latency_comparison_markdown(reports: Sequence[Mapping[str, Any]]) -> str:
         "",
         f"Measured one after the other in one `endoedge bench latency --compare` run on "
         f"{machine.get('cpu_model', 'this CPU')} ({machine['machine_id']}); median (p50) of each format's "
-        "own backend, preprocessing excluded.",
+        "own backend (input conversion included; field crop and resize excluded).",
         "",
         markdown_table(headers, rows),
         "",

@@ -8,12 +8,15 @@ path, the expected and the actual checksum. Nothing in a bundle is ever unpickle
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import fcntl
 import lzma
 import os
 import shutil
 import stat
 import tarfile
 import tempfile
+import weakref
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,9 +40,27 @@ class FileCheck:
         return self.actual == self.expected
 
 
+class _Lease:
+    """A shared ``flock`` on a cache entry's lock file, held while a bundle opened from it is in use.
+
+    Released by :meth:`release` or when the last :class:`Bundle` holding it is garbage-collected (the
+    descriptor is closed, and the kernel drops the lock with it, also when the process dies).
+    """
+
+    def __init__(self, fd: int) -> None:
+        self._finalizer = weakref.finalize(self, os.close, fd)
+
+    def release(self) -> None:
+        """Drop the lock now (idempotent)."""
+        self._finalizer()
+
+
 @dataclass(frozen=True)
 class Bundle:
     """An opened bundle.
+
+    A bundle opened from a ``.tar`` holds a shared lock on its cache extraction for as long as the
+    object lives (or until :meth:`close`), so no process evicts the extraction while it is in use.
 
     Attributes:
         path: The bundle folder (for a ``.tar``, its extraction in :func:`archive_cache_dir`).
@@ -48,6 +69,21 @@ class Bundle:
 
     path: Path
     manifest: ModelManifest
+    lease: _Lease | None = dataclasses.field(default=None, repr=False, compare=False)
+
+    def close(self) -> None:
+        """Release the cache extraction of a ``.tar`` bundle for eviction (no-op for a folder).
+
+        Its files must not be used afterwards: another process may evict the extraction.
+        """
+        if self.lease is not None:
+            self.lease.release()
+
+    def __enter__(self) -> Bundle:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def artifact_path(self, fmt: str) -> Path:
         """Path of the artifact of format ``fmt`` (raises :class:`ManifestError` when absent)."""
@@ -145,7 +181,9 @@ def archive_cache_dir() -> Path:
 
     ``$ENDOEDGE_BUNDLE_CACHE`` when set, else ``<tmp>/endoedge-bundles-<uid>``. It must belong to the
     current user and be closed to others (0700): a folder another user could write to would let them
-    swap the files between verification and loading.
+    swap the files between verification and loading. Each extraction ``<sha256>/`` has a lock file
+    ``.<sha256>.lock``: every open :class:`Bundle` holds it shared (``flock``), and eviction takes it
+    exclusively without waiting, skipping an extraction that any process still has open.
     """
     configured = os.environ.get("ENDOEDGE_BUNDLE_CACHE")
     uid = os.getuid() if hasattr(os, "getuid") else 0
@@ -178,24 +216,86 @@ def _open_archive(archive: Path, verify: bool, formats: list[str] | None) -> Bun
         raise BundleError(f"cannot read bundle archive: {exc.strerror or exc}", archive) from None
     cache = _private_cache_dir()
     entry = cache / key
-    for attempt in range(2):
-        fresh = not entry.is_dir()
-        if fresh:
-            _extract_into_cache(archive, entry)
-        try:
-            bundle = _open_folder(_bundle_root(entry), verify, formats)
-        except (ChecksumError, BundleError, ManifestError):
-            # A cached copy that no longer verifies was changed after extraction: extract it again once.
-            # A freshly extracted archive that fails is refused and leaves nothing behind.
-            shutil.rmtree(entry, ignore_errors=True)
-            if fresh or attempt == 1:
-                _remove_if_empty(cache)
-                raise
-            continue
-        os.utime(entry)  # most recently used, for eviction
-        _evict(cache, keep=entry)
-        return bundle
+    # Held shared from before the entry is looked at until the bundle is closed: an evicting process
+    # needs it exclusively, so it never removes an extraction that is being checked, loaded or used.
+    fd = _lock_entry(entry, fcntl.LOCK_SH)
+    try:
+        for attempt in range(2):
+            fresh = not entry.is_dir()
+            if fresh:
+                _extract_into_cache(archive, entry)
+            try:
+                bundle = _open_folder(_bundle_root(entry), verify, formats)
+            except (ChecksumError, BundleError, ManifestError):
+                # A cached copy that no longer verifies was changed after extraction: extract it again once.
+                # A freshly extracted archive that fails is refused and leaves nothing behind. Either needs
+                # the entry to ourselves; converting the lock drops it, so nothing else is done after a miss.
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError:
+                    raise BundleError(
+                        "the cached extraction of this archive does not verify and another process has it "
+                        f"open; close that process or remove {entry}",
+                        archive,
+                    ) from None
+                shutil.rmtree(entry, ignore_errors=True)
+                if fresh or attempt == 1:
+                    raise
+                fcntl.flock(fd, fcntl.LOCK_SH)
+                continue
+            os.utime(entry)  # most recently used, for eviction
+            _evict(cache, keep=entry)
+            return dataclasses.replace(bundle, lease=_Lease(fd))
+    except BaseException:
+        _discard_lock(entry, fd)
+        _remove_if_empty(cache)  # a refused archive leaves nothing behind
+        raise
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _discard_lock(entry: Path, fd: int) -> None:
+    """Close ``fd``; also remove the lock file when there is no extraction and no one else holds it."""
+    try:
+        if not entry.exists():
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # another opener may be extracting it now
+            _lock_path(entry).unlink()
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _lock_path(entry: Path) -> Path:
+    # A hidden sibling, not inside the entry: it must outlive the entry's removal while it is locked.
+    return entry.parent / f".{entry.name}.lock"
+
+
+def _lock_entry(entry: Path, operation: int) -> int:
+    """Open ``entry``'s lock file and ``flock`` it (``operation`` may include ``LOCK_NB``); returns the fd.
+
+    Raises:
+        BlockingIOError: ``LOCK_NB`` was given and another process holds a conflicting lock.
+        BundleError: The lock file cannot be created.
+    """
+    path = _lock_path(entry)
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        except OSError as exc:
+            raise BundleError(f"cannot lock the bundle extraction cache: {exc.strerror or exc}", path) from None
+        try:
+            fcntl.flock(fd, operation)
+            # An evictor may have unlinked the file between our open and our lock: a lock on a removed
+            # file guards nothing, so start again on the file now at that path.
+            held, now = os.fstat(fd), os.stat(path, follow_symlinks=False)
+            if (held.st_dev, held.st_ino) == (now.st_dev, now.st_ino):
+                return fd
+        except FileNotFoundError:
+            pass
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)
 
 
 def _extract_into_cache(archive: Path, entry: Path) -> None:
@@ -210,10 +310,31 @@ def _extract_into_cache(archive: Path, entry: Path) -> None:
 
 
 def _evict(cache: Path, keep: Path) -> None:
-    entries = [p for p in cache.iterdir() if p.is_dir() and p != keep and not p.name.startswith(".")]
-    entries.sort(key=lambda p: p.stat().st_mtime, reverse=True)
-    for old in entries[ARCHIVE_CACHE_ENTRIES - 1 :]:
-        shutil.rmtree(old, ignore_errors=True)
+    """Remove the least recently opened extractions beyond :data:`ARCHIVE_CACHE_ENTRIES`.
+
+    An extraction some process has open (its lock held shared) is skipped, so the cache can hold more
+    entries for a while; it is evicted by a later open once it is closed.
+    """
+    entries = []
+    for p in cache.iterdir():
+        if p.name.startswith(".") or p == keep:
+            continue
+        with contextlib.suppress(OSError):  # removed meanwhile by another process
+            if p.is_dir():
+                entries.append((p.stat().st_mtime, p))
+    entries.sort(reverse=True)
+    for _, old in entries[ARCHIVE_CACHE_ENTRIES - 1 :]:
+        try:
+            fd = _lock_entry(old, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except (BlockingIOError, BundleError):
+            continue  # in use (or cannot be locked): never removed from under its user
+        try:
+            shutil.rmtree(old, ignore_errors=True)
+            # Unlinked while still held, so a waiting opener notices and locks the new file instead.
+            with contextlib.suppress(OSError):
+                _lock_path(old).unlink()
+        finally:
+            os.close(fd)
 
 
 def _remove_if_empty(folder: Path) -> None:

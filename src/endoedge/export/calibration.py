@@ -11,6 +11,11 @@ The manifest's images are split deterministically into two disjoint, class-strat
   and whose float probabilities become the bundle's parity reference;
 * the **calibration** part (default up to 512 images), fed to the quantisers.
 
+When the manifest carries the training splits (and no single ``split`` is asked for), the held-out
+part comes from the ``val`` and ``test`` images and the calibration part from ``train``. The model is
+confident on the images it was trained on, and quantisation rarely flips a confident answer: a gate
+measured on training images would pass artifacts that flip the borderline cases a new patient brings.
+
 Both parts are drawn round-robin over classes (each class's images in a seeded, path-stable order),
 so rare classes are represented as long as they have images left.
 """
@@ -48,6 +53,8 @@ class CalibrationPlan:
     dataset: Dataset
     calibration: tuple[Record, ...]
     holdout: tuple[Record, ...]
+    calibration_splits: str = "all"
+    holdout_splits: str = "all"
 
     def describe(self) -> dict[str, object]:
         """Provenance for the manifest's ``source``."""
@@ -55,7 +62,9 @@ class CalibrationPlan:
             "dataset": str(self.dataset.source) if self.dataset.source else "",
             "dataset_sha256": self.dataset.sha256() if self.dataset.source else "",
             "calibration_images": len(self.calibration),
+            "calibration_splits": self.calibration_splits,
             "holdout_images": len(self.holdout),
+            "holdout_splits": self.holdout_splits,
         }
 
 
@@ -108,16 +117,31 @@ def plan_calibration(
         )
     if calibration_size < 1:
         raise DatasetError(f"calibration size must be >= 1, got {calibration_size}", where)
+    unseen = [r for r in records if r.split in ("val", "test")]
+    seen = [r for r in records if r.split == "train"]
+    by_split = split is None and bool(unseen) and bool(seen)
     if holdout_size is None:
-        holdout_size = max(1, min(MAX_DEFAULT_HOLDOUT, len(records) // 4))
+        holdout_size = max(1, min(MAX_DEFAULT_HOLDOUT, len(records) // 4, len(unseen) if by_split else len(records)))
     if not 1 <= holdout_size < len(records):
         raise DatasetError(f"held-out size must be in 1..{len(records) - 1}, got {holdout_size}", where)
+    if by_split:
+        # Gate on what the model never trained on; calibrate on its training images.
+        holdout = _round_robin(_by_class(unseen, seed), holdout_size)
+        calibration = _round_robin(_by_class(seen, seed), calibration_size)
+        return CalibrationPlan(dataset, tuple(calibration), tuple(holdout), "train", "val+test")
+    per_class = _by_class(records, seed)
+    holdout = _round_robin(per_class, holdout_size)
+    calibration = _round_robin(per_class, calibration_size)
+    label = split or "all"
+    return CalibrationPlan(dataset, tuple(calibration), tuple(holdout), label, label)
+
+
+def _by_class(records: Sequence[Record], seed: int) -> dict[int, list[Record]]:
+    """Records per class, each class in the seeded, path-stable order."""
     per_class: dict[int, list[Record]] = defaultdict(list)
     for record in _stable_order(records, seed):
         per_class[record.label].append(record)
-    holdout = _round_robin(per_class, holdout_size)
-    calibration = _round_robin(per_class, calibration_size)
-    return CalibrationPlan(dataset=dataset, calibration=tuple(calibration), holdout=tuple(holdout))
+    return per_class
 
 
 def load_plan(

@@ -2,8 +2,9 @@
 
 Examples::
 
-    endoedge export train/results/gastrovision3-mobilenetv3 -o export/bundles/gastrovision3-mobilenetv3 \\
-        --dataset train/data/gastrovision3.csv --formats tflite-fp32,tflite-int8,onnx
+    endoedge export train/results/gastrovision3-efficientnet-lite0 \\
+        -o export/bundles/gastrovision3-efficientnet-lite0 --dataset train/data/gastrovision3-full.csv \\
+        --formats tflite-int8,tflite-fp32,onnx,onnx-int8
     endoedge export runs/resenet/model.keras --manifest runs/resenet/manifest.json -o bundles/resenet \\
         --dataset data/egd30.csv --formats all-cpu --tar
     endoedge export --formats-table

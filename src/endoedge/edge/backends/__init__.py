@@ -3,7 +3,7 @@
 Every backend is created from an opened bundle and takes its preprocessing only from the bundle's
 manifest::
 
-    bundle = open_bundle("export/bundles/gastrovision3-mobilenetv3")   # verifies sha256
+    bundle = open_bundle("export/bundles/gastrovision3-efficientnet-lite0")   # verifies sha256
     backend = create_backend("auto", bundle)                           # or tflite / onnxruntime / ...
     probs = backend.infer(prepare_pixels(frame, bundle.manifest.preprocess)[None])
 

@@ -3,10 +3,10 @@
 Layout (``/var/lib/endoedge/bundles`` on a Jetson)::
 
     bundles/
-      versions/gastrovision3-mobilenetv3-3f2a9c81d0e4/   one folder per installed bundle
-      versions/gastrovision3-mobilenetv3-a81b44e0c2f7/
-      current  -> versions/gastrovision3-mobilenetv3-a81b44e0c2f7
-      previous -> versions/gastrovision3-mobilenetv3-3f2a9c81d0e4
+      versions/gastrovision3-efficientnet-lite0-3f2a9c81d0e4/   one folder per installed bundle
+      versions/gastrovision3-efficientnet-lite0-a81b44e0c2f7/
+      current  -> versions/gastrovision3-efficientnet-lite0-a81b44e0c2f7
+      previous -> versions/gastrovision3-efficientnet-lite0-3f2a9c81d0e4
       history.json                                      what was activated, when and how
       .lock
 

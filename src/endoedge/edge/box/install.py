@@ -56,7 +56,7 @@ REPORTS = STATE_DIR / "reports"
 EXAM_STATE = STATE_DIR / "state"
 CACHE = Path("/var/cache/endoedge")
 INSTALL_RECORD = STATE_DIR / "install.json"
-DEFAULT_BUNDLE = Path("export/bundles/gastrovision3-mobilenetv3")
+DEFAULT_BUNDLE = Path("export/bundles/gastrovision3-efficientnet-lite0")
 #: L4T major release → JetPack generation and the Python it ships.
 JETPACK = {32: ("JetPack 4", "3.6"), 35: ("JetPack 5", "3.8"), 36: ("JetPack 6", "3.10"), 38: ("JetPack 7", "3.12")}
 

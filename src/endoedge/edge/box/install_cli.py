@@ -56,7 +56,7 @@ def install_parser(prog: str) -> argparse.ArgumentParser:
         "--bundle",
         type=Path,
         help="model bundle (folder or .tar) to install and make current "
-        "(default: the source tree's export/bundles/gastrovision3-mobilenetv3)",
+        "(default: the source tree's export/bundles/gastrovision3-efficientnet-lite0)",
     )
     parser.add_argument("--no-bundle", action="store_true", help="install no bundle (upgrade the program only)")
     parser.add_argument("--python", default="/usr/bin/python3", help="Python the venv is made from (>= 3.10)")

@@ -807,10 +807,14 @@ class Daemon:
             },
         }
         models = [m for w in self.workers for m in w.describe_models()]
-        report = build_report(event.summary, models, run, recovered=recovered, note=note)
+        language = self.config.overlay.language
+        report = build_report(event.summary, models, run, recovered=recovered, note=note, language=language)
         try:
             frames = self._take_frames(event.exam_id) if self.config.report.include_frames else []
-            path = write_report(self.config.report.dir, report, png=self.config.report.png, frames=frames)
+            font_path = self.config.overlay.options.get("font_path")
+            path = write_report(
+                self.config.report.dir, report, png=self.config.report.png, frames=frames, font_path=font_path
+            )
         except Exception as exc:  # disk full, permissions, a drawing bug: log clearly, keep the video going
             self.report_errors += 1
             log_event(

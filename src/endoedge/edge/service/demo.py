@@ -53,7 +53,7 @@ from endoedge.edge.types import Frame, Sink, Source
 log = logging.getLogger(__name__)
 
 #: Where the bundled defaults live, relative to the repository root.
-DEFAULT_BUNDLE = Path("export/bundles/gastrovision3-mobilenetv3")
+DEFAULT_BUNDLE = Path("export/bundles/gastrovision3-efficientnet-lite0")
 DEFAULT_CLIP = Path("edge/demo/sample-exam.mp4")
 #: Files a run writes into ``--out`` (removed first, so that none is left over from an older run).
 OUTPUT_FILES = ("overlay.mp4", "frame.png", "report.json", "coverage.png", "summary.json")

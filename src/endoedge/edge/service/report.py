@@ -17,7 +17,7 @@ import json
 import logging
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -47,11 +47,16 @@ def build_report(
     stats: dict[str, Any] | None = None,
     recovered: bool = False,
     note: str = "",
+    language: str = "en",
 ) -> dict[str, Any]:
-    """The report document from an exam summary (:meth:`ExamSession.summary`) and run figures."""
+    """The report document from an exam summary (:meth:`ExamSession.summary`) and run figures.
+
+    ``language`` (the overlay's, ``en`` or ``zh``) is recorded so ``coverage.png`` is worded in it.
+    """
     return {
         "schema_version": REPORT_SCHEMA,
         "endoedge_version": __version__,
+        "language": language,
         "exam": {
             "id": summary.get("exam_id"),
             "started": iso(summary.get("started_wall")),
@@ -74,45 +79,65 @@ def _fmt_time(seconds: float | None) -> str:
     return f"{int(seconds // 60)}:{int(seconds % 60):02d}"
 
 
-def render_report_png(report: dict[str, Any], width: int = 1400) -> np.ndarray:
-    """Draw the coverage map, per-site timings, checks and blind spots as a BGR image."""
-    font, small = cv2.FONT_HERSHEY_SIMPLEX, 0.5
+def _check_line(check: dict[str, Any], words: Mapping[str, str]) -> str:
+    template = words.get(f"check_{check.get('key')}")
+    if template is not None and ("{minutes" not in template or "minutes" in check):
+        name = template.format(minutes=check.get("minutes", 0.0))
+    else:  # an older report (no key or minutes): its English name
+        name = str(check.get("name", ""))
+    return f"{name}: {check.get('detail', '')} {'OK' if check.get('passed') else '--'}"
+
+
+def render_report_png(report: dict[str, Any], width: int = 1400, font_path: str | None = None) -> np.ndarray:
+    """Draw the coverage map, per-site timings, checks and blind spots as a BGR image.
+
+    Worded in the report's ``language`` (``zh``: Chinese words and site names) and drawn with the
+    overlay's fonts, since ``cv2.putText`` cannot draw Chinese.
+
+    Args:
+        report: The document from :func:`build_report`.
+        width: Image width in pixels.
+        font_path: A font to use instead of the bundled subset (the overlay's ``font_path`` option).
+    """
+    # Imported here: Pillow and the overlay's fonts load only when a report is drawn.
+    from endoedge.edge.stages.overlay import REPORT_TEXT, UI_TEXT, FontSet, draw_text
+
+    zh = report.get("language") == "zh"
+    words, ui = REPORT_TEXT["zh" if zh else "en"], UI_TEXT["zh" if zh else "en"]
+    fonts = FontSet(font_path)
     coverage = [t for t in report.get("tasks", {}).values() if t.get("kind") == "egd-coverage"]
     others = [(name, t) for name, t in report.get("tasks", {}).items() if t.get("kind") != "egd-coverage"]
     sites = coverage[0].get("sites", []) if coverage else []
     rows = max(1, len(sites))
     height = 190 + 26 * rows + 40 * len(others) + 60
     image = np.full((height, width, 3), 255, dtype=np.uint8)
+
+    def put(text: str, x: int, y: int, size: float, colour: tuple[int, int, int]) -> None:
+        draw_text(image, (x, y), text, size, colour, fonts)
+
+    def site_name(site: dict[str, Any]) -> str:
+        return str((site.get("name_zh") if zh else "") or site.get("name") or site.get("key", ""))
+
     exam = report.get("exam", {})
-    title = f"endoedge procedure report  exam {exam.get('id') or '-'}"
-    cv2.putText(image, title, (20, 36), font, 0.8, (0, 0, 0), 2, cv2.LINE_AA)
-    line = (
-        f"duration {_fmt_time(exam.get('duration_s'))}   started {exam.get('started') or '-'}   "
-        f"end: {exam.get('end_reason') or '-'}"
+    put(words["title"].format(exam=exam.get("id") or "-"), 20, 36, 26, (0, 0, 0))
+    line = words["summary"].format(
+        duration=_fmt_time(exam.get("duration_s")),
+        started=exam.get("started") or "-",
+        end=exam.get("end_reason") or "-",
     )
-    cv2.putText(image, line, (20, 66), font, small, (40, 40, 40), 1, cv2.LINE_AA)
+    put(line, 20, 66, 16, (40, 40, 40))
     if exam.get("recovered"):
-        cv2.putText(image, "RECOVERED AFTER A DAEMON CRASH", (20, 92), font, 0.6, (0, 0, 200), 2, cv2.LINE_AA)
+        put(words["recovered"], 20, 92, 19, (0, 0, 200))
     y = 120
     if coverage and sites:
         cov = coverage[0]
-        checks = "   ".join(
-            f"{c['name']}: {c['detail']} {'OK' if c['passed'] else '--'}" for c in cov.get("checks", [])
-        )
-        cv2.putText(image, checks, (20, y), font, small, (0, 0, 0), 1, cv2.LINE_AA)
+        put("   ".join(_check_line(c, ui) for c in cov.get("checks", [])), 20, y, 16, (0, 0, 0))
         y += 26
         spots = list(cov.get("blind_spots", []))
-        blind = ", ".join(spots[:8]) + (" ..." if len(spots) > 8 else "")
-        cv2.putText(
-            image,
-            f"blind spots ({len(spots)}): {blind or 'none'}",
-            (20, y),
-            font,
-            small,
-            (0, 0, 160),
-            1,
-            cv2.LINE_AA,
-        )
+        # English keeps the keys it always showed; Chinese shows the sites' Chinese names.
+        names = {s.get("key"): site_name(s) for s in sites} if zh else {}
+        blind = ", ".join(names.get(k, k) for k in spots[:8]) + (" ..." if len(spots) > 8 else "")
+        put(words["blind_spots"].format(count=len(spots), spots=blind or words["none"]), 20, y, 16, (0, 0, 160))
         y += 30
         longest = max([s["seconds"] for s in sites] + [1.0])
         for site in sites:
@@ -123,16 +148,17 @@ def render_report_png(report: dict[str, Any], width: int = 1400) -> np.ndarray:
             else:
                 colour = (170, 170, 170)
             cv2.rectangle(image, (20, y - 14), (36, y + 2), colour, -1)
-            label = f"{site['name'][:52]}"
-            cv2.putText(image, label, (46, y), font, small, (0, 0, 0), 1, cv2.LINE_AA)
+            put(site_name(site)[:52], 46, y, 16, (0, 0, 0))
             bar = int(500 * site["seconds"] / longest)
             cv2.rectangle(image, (520, y - 12), (520 + max(bar, 1), y), colour, -1)
-            detail = f"{site['seconds']:.1f} s  seen at {_fmt_time(site['observed_at_s'])}  photos {site['photos']}"
-            cv2.putText(image, detail, (1040, y), font, 0.45, (40, 40, 40), 1, cv2.LINE_AA)
+            detail = words["site_detail"].format(
+                seconds=site["seconds"], seen=_fmt_time(site["observed_at_s"]), photos=site["photos"]
+            )
+            put(detail, 1040, y, 15, (40, 40, 40))
             y += 26
     for name, task in others:
         text = f"{name}: " + json.dumps({k: v for k, v in task.items() if k != "kind"}, sort_keys=True)[:150]
-        cv2.putText(image, text, (20, y + 20), font, small, (0, 0, 0), 1, cv2.LINE_AA)
+        put(text, 20, y + 20, 16, (0, 0, 0))
         y += 40
     return image
 
@@ -142,6 +168,7 @@ def write_report(
     report: dict[str, Any],
     png: bool = True,
     frames: Sequence[tuple[str, np.ndarray]] = (),
+    font_path: str | None = None,
 ) -> Path:
     """Write ``<directory>/<exam id>/`` atomically (replacing an older report of the same exam).
 
@@ -150,6 +177,7 @@ def write_report(
         report: The document from :func:`build_report`.
         png: Also draw ``coverage.png``.
         frames: ``(name, BGR frame)`` pairs saved as JPEG (only when the config enables frames).
+        font_path: Font for ``coverage.png`` instead of the bundled subset (see :func:`render_report_png`).
 
     Raises:
         OSError: The disk is full or the folder not writable (nothing half-written is left behind).
@@ -161,7 +189,7 @@ def write_report(
     with atomic_directory(target, overwrite=True) as tmp:
         (tmp / "report.json").write_text(json.dumps(report, indent=2, sort_keys=True, default=str) + "\n")
         if png:
-            ok, encoded = cv2.imencode(".png", render_report_png(report))
+            ok, encoded = cv2.imencode(".png", render_report_png(report, font_path=font_path))
             if not ok:
                 raise OSError("PNG encoding failed")
             (tmp / "coverage.png").write_bytes(encoded.tobytes())

@@ -3,7 +3,7 @@
 Examples::
 
     endoedge run --config /etc/endoedge/config.yaml
-    endoedge run file://clip.mp4 --bundle export/bundles/gastrovision3-mobilenetv3 --sink window://
+    endoedge run file://clip.mp4 --bundle export/bundles/gastrovision3-efficientnet-lite0 --sink window://
     endoedge run file://clip.mp4 --bundle B --sink null:// --as-fast-as-possible --max-frames 300
     endoedge run --config egd.yaml --set status.port=9000 --set tasks.0.smoothing.method=ema
 

@@ -2,8 +2,9 @@
 
 Endpoints:
     * ``GET /healthz`` — 200 while the display loop is alive, 503 when it stalled.
-    * ``GET /status`` — JSON: fps in/out, inference times, skipped frames, backends, bundle checksums,
-      the current exam's coverage.
+    * ``GET /status`` — JSON: fps in/out, inference times, skipped frames, backends (the bundle folder
+      actually loaded with its checksums, and a ``pending`` one when the configured path, e.g. a store's
+      ``current``, was switched since), the current exam's coverage.
     * ``GET /metrics`` — the same figures as Prometheus text (exposition format 0.0.4).
     * ``POST /exam/start``, ``POST /exam/end``, ``POST /exam/photo`` — for a foot switch or the
       reporting system. When the server listens on anything but loopback they need the configured

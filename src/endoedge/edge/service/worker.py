@@ -19,6 +19,7 @@ nothing from the loop. Its threads:
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import os
@@ -166,6 +167,53 @@ def _check_output(probs: Any, classes: int) -> np.ndarray:
 class _Loaded:
     backends: dict[str, Backend]
     manifests: dict[str, ModelManifest]
+    #: Per role, the bundle folder really loaded (a store's ``current`` resolved) and its manifest's
+    #: sha256, taken at load time: the link may be switched while this version keeps running.
+    folders: dict[str, Path]
+    manifest_sha256: dict[str, str | None]
+
+
+def _loaded_folder(backend: Backend, model: ModelConfig) -> Path:
+    """The folder ``backend`` was loaded from, as ``open_bundle`` resolved it.
+
+    A backend without an opened bundle (a test double) falls back to resolving the configured path now,
+    at load time, never later.
+    """
+    loaded_bundle = getattr(backend, "bundle", None)
+    path = getattr(loaded_bundle, "path", None)
+    return Path(path) if path else Path(model.bundle).resolve()
+
+
+def pending_bundle(configured: str | Path, loaded: str | Path | None) -> dict[str, Any] | None:
+    """What the configured bundle path points at now, when that is not the folder loaded.
+
+    A store's ``current`` switched by an install or a rollback is picked up only when the backend is
+    loaded again (a service restart), so until then ``/status`` shows the new version as pending.
+
+    Args:
+        configured: The model's ``bundle`` from the config (e.g. ``/var/lib/endoedge/bundles/current``).
+        loaded: The folder loaded, or ``None`` when nothing is loaded yet.
+
+    Returns:
+        ``{"bundle", "manifest_name", "manifest_sha256"}`` of the target (name and checksum ``None`` when
+        unreadable), or ``None`` when it is the loaded folder or not a folder (a ``.tar`` is extracted
+        into a cache folder named by its content, so its path cannot be compared with the loaded one).
+    """
+    target = Path(configured)
+    try:
+        if not target.is_dir():
+            return None
+        resolved = target.resolve()
+    except OSError:
+        return None
+    if loaded is not None and resolved == Path(loaded):
+        return None
+    pending: dict[str, Any] = {"bundle": str(resolved), "manifest_name": None, "manifest_sha256": None}
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        manifest_file = resolved / "manifest.json"
+        pending["manifest_sha256"] = sha256_file(manifest_file)
+        pending["manifest_name"] = str(json.loads(manifest_file.read_text(encoding="utf-8"))["name"])
+    return pending
 
 
 @dataclass(frozen=True)
@@ -364,13 +412,33 @@ class TaskWorker:
                     backend.close()
 
     def describe_models(self) -> list[dict[str, Any]]:
-        """Model, backend, format and checksums of the loaded backends (the last loaded, or the config)."""
-        return self._describe(self.loaded) if self.loaded is not None else list(self._last_description)
+        """Model, backend, format and checksums of the loaded backends (the last loaded, or the config).
+
+        ``bundle`` (and ``bundle_path``) is the folder actually loaded (``None`` before the first load),
+        ``configured_bundle`` the config's path, and ``pending`` what that path points at now when it is
+        another folder (see :func:`pending_bundle`).
+        """
+        loaded = self.loaded
+        described = self._describe(loaded) if loaded is not None else [dict(e) for e in self._last_description]
+        for entry in described:
+            entry.pop("pending", None)
+            pending = pending_bundle(entry["configured_bundle"], entry.get("bundle"))
+            if pending is not None:
+                entry["pending"] = pending
+        return described
 
     def _describe(self, loaded: _Loaded | None) -> list[dict[str, Any]]:
         out = []
         for role, model in self.models.items():
-            entry: dict[str, Any] = {"task": self.name, "role": role, "model": model.name, "bundle": model.bundle}
+            # Never the configured path as "bundle": a store's ``current`` may already name a version that
+            # is not loaded (it runs after a restart).
+            entry: dict[str, Any] = {
+                "task": self.name,
+                "role": role,
+                "model": model.name,
+                "bundle": None,
+                "configured_bundle": model.bundle,
+            }
             if loaded is not None and role in loaded.backends:
                 backend = loaded.backends[role]
                 manifest = loaded.manifests[role]
@@ -383,13 +451,8 @@ class TaskWorker:
                     if any(a.format == backend.format for a in manifest.artifacts)
                     else None,
                 )
-                # The bundle folder the backend really loaded: ``model.bundle`` may be a store's ``current``
-                # link that was switched since (the new version runs only after a restart).
-                loaded_bundle = getattr(backend, "bundle", None)
-                folder = Path(getattr(loaded_bundle, "path", None) or model.bundle)
-                entry["bundle_path"] = str(folder)
-                with contextlib.suppress(OSError):
-                    entry["manifest_sha256"] = sha256_file(folder / "manifest.json")
+                entry["bundle"] = entry["bundle_path"] = str(loaded.folders[role])
+                entry["manifest_sha256"] = loaded.manifest_sha256[role]
             else:
                 entry.update(backend=model.backend, format=model.format)
             out.append(entry)
@@ -403,6 +466,13 @@ class TaskWorker:
                 backend = self.factory(model)
                 backends[role] = backend
             manifests = {role: b.manifest for role, b in backends.items()}
+            folders = {role: _loaded_folder(b, self.models[role]) for role, b in backends.items()}
+            checksums: dict[str, str | None] = {}
+            for role, folder in folders.items():
+                try:
+                    checksums[role] = sha256_file(folder / "manifest.json")
+                except OSError:
+                    checksums[role] = None
             task = build_task(self.config, manifests)
             for role, backend in backends.items():
                 self.busy_since = time.monotonic()  # the display loop's hang check watches warm-ups too
@@ -424,7 +494,7 @@ class TaskWorker:
         ):
             self.session.add_task(task)
             self.task = task
-        return _Loaded(backends, manifests)
+        return _Loaded(backends, manifests, folders, checksums)
 
     def _wait_backoff(self) -> None:
         self.stop_event.wait(self._backoff)

@@ -253,6 +253,7 @@ class CoverageTracker:
                 {
                     "key": label.key,
                     "name": label.name,
+                    "name_zh": label.name_zh,
                     "required": i in self.required,
                     "observed": self.observed_at[i] is not None,
                     "observed_at_s": self.observed_at[i],
@@ -269,7 +270,9 @@ class CoverageTracker:
             "fraction": round(seen / len(self.required), 4),
             "blind_spots": self.blind_spots(),
             "checks": [
-                {"key": c.key, "name": c.name, "passed": c.passed, "detail": c.detail} for c in self.checks(exam_s)
+                # ``minutes`` lets a report word the inspection check in another language.
+                {"key": c.key, "name": c.name, "passed": c.passed, "detail": c.detail, "minutes": c.minutes}
+                for c in self.checks(exam_s)
             ],
             "sites": sites,
             "photos": list(self.photo_log),

@@ -89,6 +89,26 @@ UI_TEXT: Mapping[str, Mapping[str, str]] = {
         "check_photos": "标志部位已拍照",
     },
 }
+#: The procedure report's words (``coverage.png``), per language. The report is drawn with the overlay's
+#: fonts (:func:`draw_text`), so the font subset is built to cover these too.
+REPORT_TEXT: Mapping[str, Mapping[str, str]] = {
+    "en": {
+        "title": "endoedge procedure report  exam {exam}",
+        "summary": "duration {duration}   started {started}   end: {end}",
+        "recovered": "RECOVERED AFTER A DAEMON CRASH",
+        "blind_spots": "blind spots ({count}): {spots}",
+        "none": "none",
+        "site_detail": "{seconds:.1f} s  seen at {seen}  photos {photos}",
+    },
+    "zh": {
+        "title": "endoedge 内镜检查报告  编号 {exam}",
+        "summary": "时长 {duration}   开始 {started}   结束原因: {end}",
+        "recovered": "守护进程崩溃后恢复的报告",
+        "blind_spots": "未观察部位 ({count}): {spots}",
+        "none": "无",
+        "site_detail": "{seconds:.1f} 秒  观察于 {seen}  照片 {photos}",
+    },
+}
 PANELS = ("banner", "site", "grade", "exam", "coverage", "status")
 #: Smallest size factor panels are shrunk to when the margins are narrow (smaller text is unreadable).
 MIN_FIT = 0.6
@@ -428,6 +448,43 @@ class FontSet:
         if not covered:
             raise FileNotFoundError(f"the bundled overlay font is missing: {BUNDLED_FONT}")
         return load_font(pixels)
+
+
+def draw_text(
+    image: np.ndarray,
+    xy: tuple[float, float],
+    text: str,
+    size: float,
+    color: tuple[int, int, int],
+    fonts: FontSet | None = None,
+    anchor: str = "ls",
+) -> int:
+    """Draw one line of text onto a BGR image in place, with the overlay's fonts (Chinese included).
+
+    For still images such as the procedure report, where ``cv2.putText`` cannot draw Chinese.
+
+    Args:
+        image: ``uint8`` BGR image, changed in place.
+        xy: Anchor point (default ``ls``: left end of the baseline, as ``cv2.putText``'s origin).
+        text: One line.
+        size: Font size in pixels.
+        color: BGR colour.
+        fonts: The font choice (default: the bundled subset, falling back to a system CJK font).
+        anchor: Pillow text anchor.
+
+    Returns:
+        The text's advance width in pixels (0 for empty text).
+    """
+    if not text:
+        return 0
+    font = (fonts or FontSet()).get(size, text)
+    box = font.getbbox(text, anchor=anchor)
+    left, top = math.floor(box[0]), math.floor(box[1])
+    right, bottom = math.ceil(box[2]), math.ceil(box[3])
+    canvas = Canvas(right - left + 2, bottom - top + 2)
+    canvas.text((1 - left, 1 - top), text, font, color, anchor=anchor)
+    canvas.sprite().blit(image, round(xy[0]) + left - 1, round(xy[1]) + top - 1)
+    return round(font.getlength(text))
 
 
 def wrap_text(text: str, font: ImageFont.FreeTypeFont, width: float, max_lines: int = 2) -> list[str]:

@@ -1,6 +1,6 @@
 """Rebuild the bundled font subset: Noto Sans CJK SC Bold cut down to the glyphs the overlay draws.
 
-Run after adding Chinese names to a built-in label set or words to the overlay (needs ``fonttools``,
+Run after adding Chinese names to a built-in label set or words to the overlay or the report (needs ``fonttools``,
 a development tool, and Debian's ``fonts-noto-cjk``)::
 
     python src/endoedge/edge/stages/fonts/build_subset.py [--source /usr/share/fonts/opentype/noto/NotoSansCJK-Bold.ttc]
@@ -24,18 +24,19 @@ SYMBOLS = "·…■□┆—–≥≤×"
 
 
 def wanted_characters() -> str:
-    """ASCII, the overlay's symbols and words, and every Chinese name of the built-in label sets."""
+    """ASCII, the overlay's symbols and words, the report's words, and every name of the built-in label sets."""
     sys.path.insert(0, str(HERE.parents[3]))
     from endoedge.core.labels import BUILTIN_LABELSETS
-    from endoedge.edge.stages.overlay import UI_TEXT
+    from endoedge.edge.stages.overlay import REPORT_TEXT, UI_TEXT
 
     chars = {chr(c) for c in range(0x20, 0x7F)} | set(SYMBOLS)
     for labelset in BUILTIN_LABELSETS.values():
         for label in labelset.labels:
             chars |= set(label.name_zh) | set(label.name)
-    for words in UI_TEXT.values():
-        for text in words.values():
-            chars |= set(text)
+    for table in (UI_TEXT, REPORT_TEXT):
+        for words in table.values():
+            for text in words.values():
+                chars |= set(text)
     return "".join(sorted(chars - {"\n"}))
 
 
