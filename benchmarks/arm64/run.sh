@@ -19,6 +19,7 @@
 #                  parity reference names)
 #   RESULTS        where to write the results (default benchmarks/arm64/RESULTS.md; '-' for stdout only)
 #   NICE           niceness of the emulated steps (default 10: the machine may be shared)
+#   PARITY_LIMIT   parity images per run (default 120; 0: all), EVAL_FORMATS (default onnx,tflite-int8)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 repo=$(pwd)
@@ -35,6 +36,10 @@ DATA=${DATA:-train/data/$(python3 -c 'import json, sys; print(json.load(open(sys
   "$BUNDLE/parity_reference.json" 2>/dev/null || echo gastrovision3.csv)}
 RESULTS=${RESULTS:-benchmarks/arm64/RESULTS.md}
 NICE=${NICE:-10}
+# Emulation is 10-50x slower than the hardware: parity on every k-th reference image (class mix kept,
+# `bench parity --limit`), and `evaluate` on the runtimes a Jetson without TensorRT uses ('all': every one).
+PARITY_LIMIT=${PARITY_LIMIT:-120}
+EVAL_FORMATS=${EVAL_FORMATS:-onnx,tflite-int8}
 # Where the checkout goes inside the root: the dataset manifests' image paths are relative
 # (../../../shared/data/...), so the checkout sits beside shared/ as it does here.
 GUEST_SRC=/work/endoedge
@@ -253,7 +258,10 @@ if ok pip-install; then
   step pip-check "$PY" -m pip check
   step probe "$PY" benchmarks/arm64/probe.py "$BUNDLE" "$OUT_GUEST/probe.json"
   step bundle-verify "$VENV/bin/endoedge" bundle verify "$BUNDLE"
-  step parity "$VENV/bin/endoedge" bench parity "$BUNDLE" --data "$DATA" --reference bundle --out "$OUT_GUEST/bench"
+  limit=()
+  [[ $PARITY_LIMIT -gt 0 ]] && limit=(--limit "$PARITY_LIMIT")
+  step parity "$VENV/bin/endoedge" bench parity "$BUNDLE" --data "$DATA" --reference bundle "${limit[@]}" \
+    --out "$OUT_GUEST/bench"
   step demo "$VENV/bin/endoedge" demo --quick --no-window --out "$OUT_GUEST/demo"
   # The same with LiteRT, the other CPU runtime a Jetson without TensorRT falls back to.
   step demo-tflite "$VENV/bin/endoedge" demo --quick --no-window --backend tflite --format tflite-fp32 \
@@ -261,7 +269,9 @@ if ok pip-install; then
   # `endoedge evaluate BUNDLE` (no TensorFlow) where this version has it; older ones evaluate runs only.
   guest -w "$GUEST_SRC" "$VENV/bin/endoedge" evaluate --help >"$OUT/evaluate-help.log" 2>&1 || true
   if grep -qi "bundle" "$OUT/evaluate-help.log"; then
-    step evaluate "$VENV/bin/endoedge" evaluate "$BUNDLE" --data "$DATA" -o "$OUT_GUEST/evaluate"
+    formats=()
+    [[ $EVAL_FORMATS != all ]] && formats=(--formats "$EVAL_FORMATS")
+    step evaluate "$VENV/bin/endoedge" evaluate "$BUNDLE" --data "$DATA" "${formats[@]}" -o "$OUT_GUEST/evaluate"
   fi
 fi
 # JetPack 6's Python 3.10 takes other pins from constraints.txt (numpy, ONNX Runtime) than Debian's 3.11.
@@ -285,7 +295,7 @@ if [[ ${ARM64_JP6:-1} == 1 ]] && ok pip-install; then
     .venv-jp6/bin/python -m pip install -q -c $OUT_GUEST/constraints-py310.txt '.[edge]'"
   if ok jp6-install; then
     step jp6-freeze .venv-jp6/bin/python -m pip list --format=freeze
-    step jp6-parity .venv-jp6/bin/endoedge bench parity "$BUNDLE" --data "$DATA" --reference bundle \
+    step jp6-parity .venv-jp6/bin/endoedge bench parity "$BUNDLE" --data "$DATA" --reference bundle "${limit[@]}" \
       --out "$OUT_GUEST/bench-jp6"
   fi
 fi
