@@ -9,7 +9,7 @@ EDGE_VENV ?= .venv-edge
 PIP_FLAGS ?= -q --disable-pip-version-check
 PYTEST_ARGS ?=
 
-.PHONY: test demo lint typecheck pytest slow clean
+.PHONY: test demo lint typecheck pytest slow arm64 clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv --system-site-packages $(VENV)
@@ -43,6 +43,11 @@ slow: $(VENV)/.installed
 ## make demo: install endoedge[edge] only (no TensorFlow) and run the daemon on the sample clip
 demo: $(EDGE_VENV)/.installed
 	$(EDGE_VENV)/bin/endoedge demo --out demo-output $(DEMO_ARGS)
+
+## make arm64: the Jetson install path on emulated aarch64 (needs root; minutes, not part of make test);
+## writes benchmarks/arm64/RESULTS.md (see benchmarks/arm64/README.md)
+arm64:
+	benchmarks/arm64/run.sh
 
 clean:
 	rm -rf $(VENV) $(EDGE_VENV) demo-output .pytest_cache .mypy_cache .ruff_cache

@@ -168,8 +168,9 @@ def _emit(args: argparse.Namespace, kind: str, report: dict[str, Any], text: str
 
     print(json.dumps(report, indent=2) if args.json else text)
     if args.out:
-        folder = write_results(args.out, kind, report, md, chart() if chart else None, force=args.force)
-        print(f"results written to {folder}/{kind}.json, .md" + (", .png" if chart else ""), file=sys.stderr)
+        png = chart() if chart else None  # None without matplotlib (not part of endoedge[edge])
+        folder = write_results(args.out, kind, report, md, png, force=args.force)
+        print(f"results written to {folder}/{kind}.json, .md" + (", .png" if png else ""), file=sys.stderr)
 
 
 def _conditions(args: argparse.Namespace) -> dict[str, Any]:
