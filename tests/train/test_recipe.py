@@ -79,7 +79,8 @@ def test_unknown_model_name_lists_valid_names() -> None:
 
     with pytest.raises(
         ConfigError,
-        match=r"unknown model 'resnet9000' \(valid: efficientnet_lite0, efficientnet_lite1, efficientnet_lite2, mobilenetv3s, irv2",
+        match=r"unknown model 'resnet9000' \(valid: efficientnet_lite0, efficientnet_lite1, efficientnet_lite2, "
+        r"mobilenetv3s, irv2",
     ):
         build_model("resnet9000", 3, 64)
 
