@@ -77,7 +77,11 @@ def test_missing_recipe_file(tmp_path: Path) -> None:
 def test_unknown_model_name_lists_valid_names() -> None:
     from endoedge.train.models import build_model
 
-    with pytest.raises(ConfigError, match=r"unknown model 'resnet9000' \(valid: mobilenetv3s, irv2, resenet"):
+    with pytest.raises(
+        ConfigError,
+        match=r"unknown model 'resnet9000' \(valid: efficientnet_lite0, efficientnet_lite1, efficientnet_lite2, "
+        r"mobilenetv3s, irv2",
+    ):
         build_model("resnet9000", 3, 64)
 
 

@@ -281,7 +281,6 @@ def _latency(args: argparse.Namespace) -> int:
         raise ConfigError("batch sizes must be >= 1", "--batches")
     bundle = open_bundle(args.bundle)
     others = [open_bundle(path) for path in args.compare]  # fail on a bad bundle before measuring anything
-    pixels, pixel_source = latency_pixels(args.data, bundle.manifest.preprocess)
     settings = LatencySettings(
         formats=tuple(args.formats),
         threads=tuple(args.threads),
@@ -292,53 +291,37 @@ def _latency(args: argparse.Namespace) -> int:
         variants=tuple(parse_variant(v) for v in args.variant),
         measure_peak=not args.no_peak,
     )
-    before = _conditions(args)
-    rows, extra = run_latency(bundle, pixels, settings, progress=_say)
-    report: dict[str, Any] = {
-        "bundle": bundle.manifest.name,
-        "bundle_path": str(bundle.path),
-        "inputs": pixel_source,
-        "plan": plan.to_dict(),
-        "rows": [r.to_dict() for r in rows],
-        **extra,
-        "conditions": _finish_conditions(before),
-        "machine": machine_fingerprint(),
-    }
-    _emit(
-        args,
-        "latency",
-        report,
-        rep.latency_text(report),
-        rep.latency_markdown(report),
-        lambda: rep.latency_chart(report),
-    )
-    reports = [report]
-    for other in others:
-        # The same settings on the other bundle's own inputs, right after, on the same machine: the
-        # comparison is between models, not between sessions. Peers are the first bundle's business.
-        other_pixels, other_source = latency_pixels(args.data, other.manifest.preprocess)
-        other_settings = replace(settings, formats=(), peers=(), keras_path=None, variants=(), measure_peak=False)
+
+    def measure(target: Any, target_settings: LatencySettings) -> dict[str, Any]:
+        """Run and file one bundle's latency report (its own inputs, the shared plan)."""
+        target_pixels, source = latency_pixels(args.data, target.manifest.preprocess)
         before = _conditions(args)
-        other_rows, other_extra = run_latency(other, other_pixels, other_settings, progress=_say)
-        other_report: dict[str, Any] = {
-            "bundle": other.manifest.name,
-            "bundle_path": str(other.path),
-            "inputs": other_source,
+        rows, extra = run_latency(target, target_pixels, target_settings, progress=_say)
+        report: dict[str, Any] = {
+            "bundle": target.manifest.name,
+            "bundle_path": str(target.path),
+            "inputs": source,
             "plan": plan.to_dict(),
-            "rows": [r.to_dict() for r in other_rows],
-            **other_extra,
+            "rows": [r.to_dict() for r in rows],
+            **extra,
             "conditions": _finish_conditions(before),
             "machine": machine_fingerprint(),
         }
         _emit(
             args,
             "latency",
-            other_report,
-            rep.latency_text(other_report),
-            rep.latency_markdown(other_report),
-            lambda r=other_report: rep.latency_chart(r),
+            report,
+            rep.latency_text(report),
+            rep.latency_markdown(report),
+            lambda: rep.latency_chart(report),
         )
-        reports.append(other_report)
+        return report
+
+    report = measure(bundle, settings)
+    # Each compared bundle right after, on the same machine, with the same plan: the comparison is
+    # between models, not between sessions. Peers and variants are the first bundle's business.
+    compared = replace(settings, formats=(), peers=(), keras_path=None, variants=(), measure_peak=False)
+    reports = [report, *(measure(other, compared) for other in others)]
     if len(reports) > 1:
         comparison = rep.latency_comparison_markdown(reports)
         print(comparison)
